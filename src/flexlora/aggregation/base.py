@@ -1,0 +1,70 @@
+"""The contract every aggregation method follows.
+
+A method is a pure function
+
+    aggregate(clients, weights, targets, options) -> AggregationResult
+
+over tensors. It knows nothing of models, files or rounds; engines and the
+`flexlora aggregate` command only call it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor
+
+from flexlora.lora import AdapterFactors, LoraFactors
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """What one recipient of the aggregate should receive: a rank and a scaling per module.
+
+    A recipient is a client (the `aggregate` command) or a rank class shared by many
+    clients (the engine). `ranks[m]` and `scalings[m]` exist for every module m.
+    """
+
+    ranks: Mapping[str, int]
+    scalings: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class GlobalUpdate:
+    """One module's global update `dW = B @ A` (scaling folded in: B (out, R), A (R, in)).
+
+    `singular_values` holds dW's singular values in descending order when the method
+    computed them (all of them, or at least the leading ones), else None.
+    """
+
+    B: Tensor
+    A: Tensor
+    singular_values: Tensor | None = None
+
+
+@dataclass
+class AggregationResult:
+    """What a method hands back.
+
+    client_factors: for every target key, the factors that recipient starts the next
+        round from (module -> LoraFactors at the target's rank and scaling), or None for
+        methods whose clients start a fresh LoRA each round (FLoRA).
+    global_update: module -> the global update dW (never truncated).
+    merge_into_base: True when the engine must fold `global_update` into the frozen base
+        weights after this round (FLoRA); False when the global model is W0 + dW.
+    diagnostics: JSON-serialisable figures; at least
+        diagnostics["discarded_energy"][module][str(target_key)] = 1 - ||T_r(dW)||² / ||dW||²
+    """
+
+    client_factors: dict[Hashable, dict[str, LoraFactors]] | None
+    global_update: dict[str, GlobalUpdate]
+    merge_into_base: bool = False
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+
+
+AggregateFn = Callable[
+    [Sequence[AdapterFactors], Sequence[float], Mapping[Hashable, TargetSpec], Mapping[str, Any]],
+    AggregationResult,
+]

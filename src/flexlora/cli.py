@@ -1,0 +1,59 @@
+"""`flexlora`: the command line. Each subcommand lives in flexlora.commands.<name>.
+
+Every user error is one line on stderr and exit status 2; only this layer prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from flexlora import __version__
+from flexlora.errors import FlexLoraError
+
+# Subcommand modules, each exposing register(subparsers) that sets `func(args) -> int`.
+COMMANDS = ("run", "compare", "aggregate", "data")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flexlora",
+        description="Federated fine-tuning of LLMs with heterogeneous LoRA ranks.",
+    )
+    parser.add_argument("--version", action="version", version=f"flexlora {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"flexlora.commands.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"flexlora.commands.{name}":
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)  # argparse itself exits 2 on a usage error
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args))
+    except FlexLoraError as e:
+        print(f"flexlora {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"flexlora {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,327 @@
+"""One typed, validated experiment config: YAML file + `--set KEY=VALUE` overrides.
+
+Each group of hyperparameters is a dataclass whose invariants are checked at
+construction; unknown keys and wrong types are errors that name the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from flexlora.errors import FlexLoraError
+
+# The module groups used by rank types given as a mapping ({attention: 30, mlp: 200}).
+MODULE_GROUPS: dict[str, tuple[str, ...]] = {
+    "attention": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "mlp": ("gate_proj", "up_proj", "down_proj"),
+}
+
+
+@dataclass
+class ModelConfig:
+    path: str = "builtin:flexlora-tiny"
+    """Local path or hub id of a causal LM; `builtin:flexlora-tiny` is the model shipped in the package."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """auto: bfloat16 on a GPU that supports it, float32 on the CPU."""
+    device: str = "auto"
+    """auto: cuda when available, else cpu."""
+    target_modules: list[str] = field(
+        default_factory=lambda: [*MODULE_GROUPS["attention"], *MODULE_GROUPS["mlp"]]
+    )
+
+    def __post_init__(self) -> None:
+        if not self.target_modules:
+            raise FlexLoraError("model.target_modules must name at least one module")
+
+
+@dataclass
+class LoraSettings:
+    alpha: float = 16.0
+    dropout: float = 0.05
+    rslora: bool = False
+    """rsLoRA scaling alpha / sqrt(r) instead of alpha / r."""
+
+    def __post_init__(self) -> None:
+        if self.alpha <= 0:
+            raise FlexLoraError(f"lora.alpha must be positive, got {self.alpha}")
+        if not 0 <= self.dropout < 1:
+            raise FlexLoraError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class UnseenConfig:
+    """Clients held out of training up front; the headline metric is scored on them.
+
+    At most one of count / fraction / ids / split_file is set.
+    """
+
+    count: int | None = None
+    fraction: float | None = None
+    ids: list[str] | None = None
+    split_file: str | None = None
+    """A file of held-out task names, one a line (SNI's splits/default/test_tasks.txt)."""
+
+    def __post_init__(self) -> None:
+        given = [k for k in ("count", "fraction", "ids", "split_file") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise FlexLoraError(f"data.unseen: give one of count, fraction, ids, split_file, not {given}")
+        if self.count is not None and self.count < 0:
+            raise FlexLoraError(f"data.unseen.count must be >= 0, got {self.count}")
+        if self.fraction is not None and not 0 <= self.fraction < 1:
+            raise FlexLoraError(f"data.unseen.fraction must be in [0, 1), got {self.fraction}")
+
+
+@dataclass
+class DataConfig:
+    kind: Literal["synthetic", "flexlora-ni", "ni-tasks", "dolly", "jsonl", "hf"] = "synthetic"
+    path: str | None = None
+    """Folder or file of the dataset (hub name for kind=hf)."""
+    partition: Literal["natural", "dirichlet", "iid"] = "natural"
+    num_clients: int | None = None
+    """Number of clients for dirichlet / iid partitions."""
+    dirichlet_alpha: float = 0.5
+    min_client_size: int = 10
+    label_field: str = "category"
+    field_map: dict[str, str] = field(default_factory=dict)
+    """For jsonl / hf: our field (instruction, input, output, category) -> the source's field."""
+    hf_split: str = "train"
+    template: Literal["alpaca", "plain", "custom"] = "alpaca"
+    custom_template: str | None = None
+    """For template=custom: a format string with {instruction}, {input} (and optional {output})."""
+    max_length: int = 256
+    drop_overlong: bool = False
+    """Drop examples longer than max_length (counted) instead of truncating them (counted)."""
+    train_on_inputs: bool = False
+    max_train_per_client: int | None = None
+    max_eval_per_client: int | None = None
+    unseen: UnseenConfig = field(default_factory=UnseenConfig)
+    synthetic: dict[str, Any] = field(default_factory=dict)
+    """Options of the synthetic suite (see flexlora.data.synthetic)."""
+    cache_dir: str | None = None
+    """Where tokenised clients are cached; default ~/.cache/flexlora."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("synthetic",) and self.path is None:
+            raise FlexLoraError(f"data.path is required for data.kind={self.kind}")
+        if self.partition in ("dirichlet", "iid") and (self.num_clients is None or self.num_clients < 1):
+            raise FlexLoraError(f"data.num_clients must be a positive int for partition={self.partition}")
+        if self.dirichlet_alpha <= 0:
+            raise FlexLoraError(f"data.dirichlet_alpha must be positive, got {self.dirichlet_alpha}")
+        if self.max_length < 8:
+            raise FlexLoraError(f"data.max_length must be at least 8, got {self.max_length}")
+        if self.template == "custom" and not self.custom_template:
+            raise FlexLoraError("data.custom_template is required when data.template=custom")
+
+
+@dataclass
+class FederationConfig:
+    rounds: int = 5
+    clients_per_round: int | None = None
+    """Number of clients sampled a round; overrides fraction when set."""
+    fraction: float = 0.25
+    local_steps: int | None = 10
+    """Optimizer steps per client per round; when None, local_epochs is used."""
+    local_epochs: float = 1.0
+    batch_size: int = 8
+    grad_accum: int = 1
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    """adamw: FedIT as the authors ran it; sgd: plain FedAvg."""
+    lr: float = 3e-3
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise FlexLoraError(f"federation.rounds must be >= 1, got {self.rounds}")
+        if not 0 < self.fraction <= 1:
+            raise FlexLoraError(f"federation.fraction must be in (0, 1], got {self.fraction}")
+        if self.clients_per_round is not None and self.clients_per_round < 1:
+            raise FlexLoraError(f"federation.clients_per_round must be >= 1, got {self.clients_per_round}")
+        if self.local_steps is not None and self.local_steps < 1:
+            raise FlexLoraError(f"federation.local_steps must be >= 1, got {self.local_steps}")
+        if self.local_epochs <= 0:
+            raise FlexLoraError(f"federation.local_epochs must be positive, got {self.local_epochs}")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise FlexLoraError("federation.batch_size and federation.grad_accum must be >= 1")
+        if self.lr <= 0:
+            raise FlexLoraError(f"federation.lr must be positive, got {self.lr}")
+
+
+@dataclass
+class RanksConfig:
+    types: list[int | dict[str, int]] = field(default_factory=lambda: [1, 2, 4, 8])
+    """Rank types: an int for every module, or a mapping module group / module name -> rank."""
+    distribution: str | list[float] = "uniform"
+    """uniform, heavy-tail-light, heavy-tail-strong, normal, extreme, or one probability per type."""
+
+    def __post_init__(self) -> None:
+        if not self.types:
+            raise FlexLoraError("ranks.types must list at least one rank type")
+        for t in self.types:
+            values = t.values() if isinstance(t, dict) else [t]
+            if any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in values):
+                raise FlexLoraError(f"ranks.types: every rank must be a positive int, got {t}")
+
+
+@dataclass
+class EvalConfig:
+    every: int = 1
+    """Evaluate every N rounds (and always after the last)."""
+    mode: Literal["generate", "teacher-forced"] = "generate"
+    """generate: Rouge-L of greedy generations; teacher-forced: Rouge-L of argmax tokens (fast)."""
+    max_new_tokens: int = 32
+    batch_size: int = 16
+    max_examples_per_client: int | None = None
+    seen: bool = True
+    """Also score the seen clients' eval split."""
+
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            raise FlexLoraError(f"eval.every must be >= 1, got {self.every}")
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise FlexLoraError("eval.max_new_tokens and eval.batch_size must be >= 1")
+
+
+@dataclass
+class ExperimentConfig:
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    data: DataConfig = field(default_factory=DataConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    ranks: RanksConfig = field(default_factory=RanksConfig)
+    method: str = "flexlora"
+    method_options: dict[str, Any] = field(default_factory=dict)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+T = TypeVar("T")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`; build nested dataclasses. Raise naming `key`."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        errors = []
+        for option in get_args(tp):
+            try:
+                return _coerce(value, option, key)
+            except FlexLoraError as e:
+                errors.append(str(e))
+        raise FlexLoraError(f"{key}: {value!r} is not a {_type_name(tp)}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise FlexLoraError(f"{key}: expected null, got {value!r}")
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        raise FlexLoraError(f"{key}: {value!r} is not one of {list(get_args(tp))}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise FlexLoraError(f"{key}: expected a mapping, got {value!r}")
+        return _build(tp, value, key)  # type: ignore[arg-type]
+    if origin is list:
+        if not isinstance(value, list):
+            raise FlexLoraError(f"{key}: expected a list, got {value!r}")
+        (item,) = get_args(tp)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise FlexLoraError(f"{key}: expected a mapping, got {value!r}")
+        kt, vt = get_args(tp)
+        return {_coerce(k, kt, key): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise FlexLoraError(f"{key}: expected a number, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise FlexLoraError(f"{key}: expected an int, got {value!r}")
+    if tp is bool or tp is str:
+        if isinstance(value, tp):
+            return value
+        raise FlexLoraError(f"{key}: expected a {tp.__name__}, got {value!r}")
+    raise TypeError(f"unsupported config annotation {tp} at {key}")
+
+
+def _build(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise FlexLoraError(f"unknown config key {where}{unknown[0]} (known: {', '.join(sorted(names))})")
+    kwargs = {
+        name: _coerce(value, hints[name], f"{prefix}.{name}" if prefix else name)
+        for name, value in values.items()
+    }
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict[str, Any]) -> ExperimentConfig:
+    return _build(ExperimentConfig, values)
+
+
+def config_to_dict(config: ExperimentConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        child = node.setdefault(k, {})
+        if not isinstance(child, dict):
+            raise FlexLoraError(f"--set {dotted}: {k} is not a group")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`KEY=VALUE` with VALUE parsed as YAML (so 3 is an int, [1,2] a list, null None)."""
+    if "=" not in text:
+        raise FlexLoraError(f"--set expects KEY=VALUE, got {text!r}")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise FlexLoraError(f"--set expects KEY=VALUE, got {text!r}")
+    try:
+        return key, yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise FlexLoraError(f"--set {key}: cannot parse {raw!r} as YAML ({e.__class__.__name__})") from e
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> ExperimentConfig:
+    """Read a YAML file (or start from defaults), apply `KEY=VALUE` overrides, validate."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise FlexLoraError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise FlexLoraError(f"{p}: not valid YAML: {str(e).splitlines()[0]}") from e
+        if loaded is not None and not isinstance(loaded, dict):
+            raise FlexLoraError(f"{p}: the top level must be a mapping")
+        tree = loaded or {}
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(tree, key, value)
+    return config_from_dict(tree)
