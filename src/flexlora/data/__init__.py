@@ -1,0 +1,1 @@
+"""Datasets as federations: loaders, partitions, prompt templates, tokenisation."""
