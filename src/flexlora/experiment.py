@@ -1,0 +1,134 @@
+"""One experiment from a config: load model and data, run the rounds, write the results.
+
+The loop itself reads top to bottom in `run_experiment`; the pieces live in
+flexlora.simulation (the engine) and flexlora.outputs (what a run leaves).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from flexlora.adapters import AdapterHost, target_module_shapes
+from flexlora.assets import resolve_model_path
+from flexlora.client import TrainExample
+from flexlora.config import ExperimentConfig
+from flexlora.data.dataset import load_federated_dataset
+from flexlora.data.tokenize import TokenizedCache
+from flexlora.errors import FlexLoraError
+from flexlora.evaluate import evaluate_clients
+from flexlora.outputs import RunWriter
+from flexlora.simulation import Federation, RunObserver, build_rank_classes
+
+logger = logging.getLogger(__name__)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise FlexLoraError(f"model.device={name} but no CUDA device is available")
+    return torch.device(name)
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def load_model_and_tokenizer(cfg: ExperimentConfig, device: torch.device) -> tuple[Any, Any]:
+    """transformers AutoModelForCausalLM + AutoTokenizer from a local path or hub id."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_path(cfg.model.path)
+    dtype = pick_dtype(cfg.model.dtype, device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FlexLoraError(f"cannot load model {cfg.model.path}: {first}") from e
+    if tokenizer.pad_token_id is None:
+        # Models such as stories260K ship no pad token: unk (or eos) pads, masked anyway.
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    if tokenizer.eos_token_id is None:
+        raise FlexLoraError(f"the tokenizer of {cfg.model.path} has no EOS token")
+    model.to(device)
+    model.requires_grad_(False)  # W0 stays frozen: only LoRA factors train
+    return model, tokenizer
+
+
+@dataclass
+class ExperimentResult:
+    out_dir: Path
+    summary: dict[str, Any]
+
+
+def run_experiment(
+    cfg: ExperimentConfig, out_dir: Path, observer: RunObserver | None = None
+) -> ExperimentResult:
+    """Run `cfg` end to end and leave its results under `out_dir`."""
+    observer = observer or RunObserver()
+    started = time.perf_counter()
+    device = pick_device(cfg.model.device)
+
+    # Everything that can reject the user's input happens before anything is written.
+    dataset = load_federated_dataset(cfg.data, cfg.seed)
+    if not dataset.seen:
+        raise FlexLoraError("no seen clients left to train on after holding out the unseen ones")
+    model, tokenizer = load_model_and_tokenizer(cfg, device)
+    shapes = target_module_shapes(model, cfg.model.target_modules)
+    classes, _ = build_rank_classes(cfg.ranks.types, shapes)
+    cache = TokenizedCache(cfg.data, tokenizer)
+    tokenized = cache.tokenize_dataset(dataset, splits=("train",))
+    train_examples: dict[str, list[TrainExample]] = {
+        cid: [TrainExample(ex.input_ids, ex.labels) for ex in tokenized[cid]["train"].examples]
+        for cid in dataset.seen
+    }
+    empty = [cid for cid, exs in train_examples.items() if not exs]
+    if empty:
+        raise FlexLoraError(f"client {empty[0]} has no training example left after tokenisation")
+
+    host = AdapterHost(model, cfg.model.target_modules, cfg.lora, {c.key: c.ranks for c in classes})
+
+    def evaluate(model: Any, split: str, clients: Mapping[str, Any], obs: RunObserver) -> dict[str, Any]:
+        total = sum(len(getattr(c, split)) for c in clients.values())
+        obs.eval_started(f"{split}:{len(clients)} clients", total)
+        result = evaluate_clients(
+            model, tokenizer, clients, split, cfg.data, cfg.eval,  # type: ignore[arg-type]
+            device=device, progress=obs.eval_progress,
+        )
+        return result.to_dict()
+
+    federation = Federation(
+        config=cfg,
+        dataset=dataset,
+        train_examples=train_examples,
+        host=host,
+        classes=classes,
+        device=device,
+        pad_id=int(tokenizer.pad_token_id),
+        evaluate=evaluate,
+    )
+    state = federation.initial_state()
+    writer = RunWriter(out_dir, cfg)
+    writer.start(dataset=dataset, classes=classes, client_class=state.client_class, tokenized_stats=cache.stats)
+    for _ in range(cfg.federation.rounds):
+        record = federation.run_round(state, observer)
+        writer.append_round(record)
+    summary = writer.finish(
+        state=state,
+        federation=federation,
+        tokenizer=tokenizer,
+        seconds_total=time.perf_counter() - started,
+    )
+    return ExperimentResult(out_dir=out_dir, summary=summary)

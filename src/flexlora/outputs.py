@@ -1,0 +1,165 @@
+"""What a run leaves in its directory.
+
+config.yaml (resolved), metrics.jsonl (one line a round), summary.json, adapters/global/
+and adapters/rank-<r>/ as PEFT folders, plots/*.png. Files are written atomically
+(temp file + rename), so a crash never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from flexlora.config import ExperimentConfig, config_to_dict
+
+if TYPE_CHECKING:
+    from flexlora.data.types import FederatedDataset
+    from flexlora.simulation import Federation, RankClass, ServerState
+
+logger = logging.getLogger(__name__)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _jsonable(value: Any) -> Any:
+    """Floats that JSON can hold (NaN/Inf become null), tensors as lists."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "tolist"):
+        return _jsonable(value.tolist())
+    return value
+
+
+def to_json(value: Any, indent: int | None = None) -> str:
+    return json.dumps(_jsonable(value), indent=indent, sort_keys=False)
+
+
+def peft_template(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The adapter_config.json fields every adapter of this run shares."""
+    from flexlora.assets import resolve_model_path
+
+    return {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": resolve_model_path(cfg.model.path),
+        "target_modules": sorted(cfg.model.target_modules),
+        "lora_dropout": cfg.lora.dropout,
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "inference_mode": True,
+    }
+
+
+class RunWriter:
+    def __init__(self, out_dir: Path, cfg: ExperimentConfig) -> None:
+        self.out_dir = out_dir
+        self.cfg = cfg
+        self.metrics_path = out_dir / "metrics.jsonl"
+        self.info: dict[str, Any] = {}
+
+    def start(
+        self,
+        *,
+        dataset: FederatedDataset,
+        classes: Sequence[RankClass],
+        client_class: Mapping[str, str],
+        tokenized_stats: Mapping[str, Any],
+    ) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.out_dir / "config.yaml", yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False))
+        self.metrics_path.write_text("")
+        counts = Counter(client_class.values())
+        self.info = {
+            "data": {
+                "source": dataset.source,
+                "seen_clients": len(dataset.seen),
+                "unseen_clients": len(dataset.unseen),
+                "train_examples": sum(len(c.train) for c in dataset.seen.values()),
+                "skipped": dict(dataset.skipped),
+                "tokenization": dict(tokenized_stats),
+            },
+            "rank_classes": [
+                {"key": c.key, "types": c.type_indices, "clients": counts.get(c.key, 0),
+                 "ranks": sorted(set(c.ranks.values()))}
+                for c in classes
+            ],
+        }
+
+    def append_round(self, record: Mapping[str, Any]) -> None:
+        with self.metrics_path.open("a") as f:
+            f.write(to_json(record) + "\n")
+            f.flush()
+
+    def finish(
+        self, *, state: ServerState, federation: Federation, tokenizer: Any, seconds_total: float
+    ) -> dict[str, Any]:
+        from flexlora.peft_io import write_adapter, write_global_adapter
+
+        template = peft_template(self.cfg)
+        adapters = self.out_dir / "adapters"
+        write_global_adapter(adapters / "global", federation.total_update(state), template)
+        if state.class_factors is not None:
+            for key, factors in state.class_factors.items():
+                write_adapter(adapters / key, factors, template)
+        tokenizer.save_pretrained(str(adapters / "global"))
+
+        history = state.history
+        evaluated = [r for r in history if "eval" in r]
+        final_eval = evaluated[-1]["eval"] if evaluated else {}
+        summary = {
+            "method": self.cfg.method,
+            "rounds_completed": state.round,
+            "final": _final_metrics(final_eval),
+            "final_round_train_loss": history[-1]["train_loss"] if history else None,
+            "timings": {
+                "total_seconds": seconds_total,
+                "train_seconds": sum(r["train_seconds"] for r in history),
+                "aggregate_seconds": sum(r["aggregate_seconds"] for r in history),
+                "eval_seconds": sum(r.get("eval_seconds", 0.0) for r in history),
+            },
+            **self.info,
+            "history": [
+                {"round": r["round"], "train_loss": r["train_loss"], **_final_metrics(r.get("eval", {}))}
+                for r in history
+            ],
+        }
+        atomic_write_text(self.out_dir / "summary.json", to_json(summary, indent=2))
+        try:
+            from flexlora.plots import plot_run
+
+            plot_run(self.out_dir, history, self.info["rank_classes"])
+        except ImportError as e:  # matplotlib is a dependency; say so if a broken install lacks it
+            logger.warning("plots skipped: %s", e)
+        return summary
+
+
+def _final_metrics(evaluation: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for split in ("unseen", "seen"):
+        if split in evaluation:
+            out[f"{split}_rougeL"] = evaluation[split].get("rougeL")
+            out[f"{split}_loss"] = evaluation[split].get("loss")
+    return out
