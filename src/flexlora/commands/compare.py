@@ -1,0 +1,163 @@
+"""`flexlora compare [CONFIG] --methods a,b --distributions x,y [--seeds N]`: the paper's Table 2.
+
+Every cell (method × distribution × seed) runs the same config with only those three
+keys changed, so all cells share the data partition and the seeds. `fedit-min` and
+`fedit-max` are FedIT at the smallest and largest rank type for every client (the
+"bucket effect" baselines); their result does not depend on the distribution, so they
+run once per seed and fill every column.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import statistics
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from flexlora.commands.run import add_config_arguments, check_out_dir, default_out_dir
+from flexlora.config import ExperimentConfig, load_config
+from flexlora.errors import FlexLoraError
+from flexlora.outputs import atomic_write_text, to_json
+from flexlora.ranks import DISTRIBUTION_NAMES
+
+DEFAULT_METHODS = "fedit-min,fedit-max,zeropad,hetlora,flora,ffa,flexlora"
+DEFAULT_DISTRIBUTIONS = "uniform,heavy-tail-light"
+HOMOGENEOUS = {"fedit-min": min, "fedit-max": max}
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("compare", help="methods × rank distributions, like the paper's Table 2")
+    add_config_arguments(parser)
+    parser.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated (default {DEFAULT_METHODS})")
+    parser.add_argument(
+        "--distributions", default=DEFAULT_DISTRIBUTIONS,
+        help=f"comma-separated, from {', '.join(DISTRIBUTION_NAMES)} (default {DEFAULT_DISTRIBUTIONS})",
+    )
+    parser.add_argument("--seeds", type=int, default=1, help="seeds per cell: seed, seed+1, ... (default 1)")
+    parser.add_argument("--out", type=Path, help="output directory (default runs/compare-<timestamp>)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(func=main)
+
+
+def _split(text: str, what: str) -> list[str]:
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    if not items:
+        raise FlexLoraError(f"--{what} lists nothing")
+    if len(set(items)) != len(items):
+        raise FlexLoraError(f"--{what} lists a name twice: {text}")
+    return items
+
+
+def _rank_size(rank_type: Any) -> float:
+    return float(rank_type) if isinstance(rank_type, int) else float(sum(rank_type.values()))
+
+
+def cell_config(base: ExperimentConfig, method: str, distribution: str, seed: int) -> ExperimentConfig:
+    """The base config with method, distribution and seed set (and one type for fedit-*)."""
+    from dataclasses import replace
+
+    ranks = replace(base.ranks, distribution=distribution)
+    name = method
+    if method in HOMOGENEOUS:
+        chosen = HOMOGENEOUS[method](base.ranks.types, key=_rank_size)
+        ranks = replace(base.ranks, types=[chosen], distribution="uniform")
+        name = "fedit"
+    return replace(base, method=name, ranks=ranks, seed=seed)
+
+
+def main(args: argparse.Namespace) -> int:
+    from flexlora.aggregation import METHODS
+    from flexlora.commands.progress import RichObserver
+    from flexlora.experiment import run_experiment
+    from flexlora.ranks import distribution_probabilities
+    from flexlora.simulation import RunObserver
+
+    base = load_config(args.config, args.overrides)
+    methods = _split(args.methods, "methods")
+    distributions = _split(args.distributions, "distributions")
+    for m in methods:
+        if m not in METHODS and m not in HOMOGENEOUS:
+            known = ", ".join([*HOMOGENEOUS, *METHODS])
+            raise FlexLoraError(f"unknown method {m!r} in --methods (known: {known})")
+    for d in distributions:
+        distribution_probabilities(d, len(base.ranks.types))  # raises on an unknown name
+    if args.seeds < 1:
+        raise FlexLoraError(f"--seeds must be >= 1, got {args.seeds}")
+    out = args.out or default_out_dir("compare-")
+    check_out_dir(out)
+    seeds = [base.seed + i for i in range(args.seeds)]
+
+    console = Console(stderr=True, quiet=args.quiet)
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {m: {d: [] for d in distributions} for m in methods}
+    cells = [(m, d, s) for m in methods for d in distributions for s in seeds
+             if not (m in HOMOGENEOUS and d != distributions[0])]
+    for i, (method, dist, seed) in enumerate(cells, 1):
+        cfg = cell_config(base, method, dist, seed)
+        label = method if method in HOMOGENEOUS else f"{method}/{dist}"
+        cell_dir = out / "cells" / method / ("all" if method in HOMOGENEOUS else dist) / f"seed{seed}"
+        console.print(f"[{i}/{len(cells)}] {label} seed {seed}")
+        if args.quiet:
+            result = run_experiment(cfg, cell_dir, RunObserver())
+        else:
+            with RichObserver(console, cfg.federation.rounds, label=label[:22]) as observer:
+                result = run_experiment(cfg, cell_dir, observer)
+        for target in distributions if method in HOMOGENEOUS else [dist]:
+            results[method][target].append(result.summary["final"])
+
+    write_results(out, results, seeds)
+    Console().print(results_table(results, "unseen_rougeL"))
+    Console().print(f"Results in {out}/ (results.md, results.csv, results.png, cells/)")
+    return 0
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if v is not None]
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarise(results: dict[str, dict[str, list[dict[str, Any]]]], metric: str) -> dict[str, dict[str, tuple[float, float]]]:
+    return {
+        m: {d: _mean_std([r.get(metric) for r in runs]) for d, runs in row.items()}
+        for m, row in results.items()
+    }
+
+
+def results_table(results: dict[str, dict[str, list[dict[str, Any]]]], metric: str) -> Table:
+    table = Table(title=f"{metric} on unseen clients (mean ± std over seeds)")
+    distributions = list(next(iter(results.values())))
+    table.add_column("method")
+    for d in distributions:
+        table.add_column(d, justify="right")
+    for m, row in summarise(results, metric).items():
+        table.add_row(m, *(f"{row[d][0]:.2f} ± {row[d][1]:.2f}" for d in distributions))
+    return table
+
+
+def write_results(out: Path, results: dict[str, dict[str, list[dict[str, Any]]]], seeds: list[int]) -> None:
+    from flexlora.plots import plot_comparison
+
+    distributions = list(next(iter(results.values())))
+    lines = [f"# flexlora compare (seeds {', '.join(map(str, seeds))})", ""]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["metric", "method", *[f"{d} {s}" for d in distributions for s in ("mean", "std")]])
+    for metric in ("unseen_rougeL", "unseen_loss"):
+        table = summarise(results, metric)
+        lines += [f"## {metric}", "", "| method | " + " | ".join(distributions) + " |",
+                  "|---|" + "---:|" * len(distributions)]
+        for m, row in table.items():
+            lines.append(f"| {m} | " + " | ".join(f"{row[d][0]:.2f} ± {row[d][1]:.2f}" for d in distributions) + " |")
+            writer.writerow([metric, m, *[f"{v:.4f}" for d in distributions for v in row[d]]])
+        lines.append("")
+    lines.append("fedit-min / fedit-max: every client at the smallest / largest rank type; one run per seed fills every column.")
+    atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
+    atomic_write_text(out / "results.csv", buffer.getvalue())
+    atomic_write_text(out / "results.json", to_json(results, indent=2))
+    plot_comparison(out / "results.png", summarise(results, "unseen_rougeL"), "unseen Rouge-L")

@@ -1,0 +1,220 @@
+"""Singular value decompositions of LoRA-shaped matrices, exact and fast.
+
+A federated LoRA update is a product `dW = B @ A` of stacked factors, B (out, R) and
+A (R, in). Three ways to get its leading singular triplets:
+
+- factored (exact, R < min(out, in)): QR both factors and take the SVD of the R × R
+  core. Costs O((out + in)·R²) and never forms the out × in matrix.
+- dense exact: form dW with one GEMM and run a full `torch.linalg.svd`.
+- dense fast: form dW and run a randomised subspace iteration for the top k triplets
+  (Halko, Martinsson & Tropp 2011, algorithm 4.4): a Gaussian sketch of k + oversample
+  columns, `power_iters` re-orthonormalised power iterations, then an exact SVD of the
+  small projected matrix. Its error falls as (σ_{k+p+1} / σ_k)^(2q+1); measure it on
+  your spectra (benchmarks/aggregation.py reports it).
+
+Every function works on whatever device the tensors are on and in their dtype (the
+caller picks float32 or float64). Singular values come in descending order.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from flexlora.errors import FlexLoraError
+
+logger = logging.getLogger(__name__)
+
+SvdMode = Literal["auto", "exact", "fast"]
+SvdPath = Literal["factored", "dense_exact", "dense_fast"]
+
+# The fast path pays (2·power_iters + 2) GEMMs with a sketch of k + oversample columns;
+# a full SVD costs roughly a handful of GEMMs with min(out, in) columns. Below this
+# fraction of min(out, in) the sketch wins comfortably, so "auto" picks it.
+AUTO_FAST_MAX_FRACTION = 0.25
+
+DEFAULT_OVERSAMPLE = 16
+DEFAULT_POWER_ITERS = 4
+
+
+@dataclass(frozen=True)
+class SvdInfo:
+    """How `truncated_svd_of_product` got its answer.
+
+    path: which algorithm ran ("factored", "dense_exact" or "dense_fast").
+    stacked_rank: R, the inner dimension of the product.
+    total_energy: ‖B @ A‖_F², computed exactly on every path.
+    """
+
+    path: SvdPath
+    stacked_rank: int
+    total_energy: float
+
+
+def factored_svd(B: Tensor, A: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Exact thin SVD of `B @ A` without forming it, via QR of both factors.
+
+    B: (out, R), A: (R, in). Returns U (out, k), S (k,), Vh (k, in) with
+    k = min(out, in, R) and `U @ diag(S) @ Vh == B @ A` to rounding. Efficient when
+    R is well below min(out, in); correct for any R.
+    """
+    _check_factor_pair(B, A)
+    Qb, Rb = torch.linalg.qr(B)  # (out, R) -> Q (out, kb), R (kb, R), kb = min(out, R)
+    Qa, Ra = torch.linalg.qr(A.mT)  # (in, R) -> Q (in, ka), R (ka, R), ka = min(in, R)
+    core = Rb @ Ra.mT  # (kb, R) @ (R, ka) -> (kb, ka): B @ A = Qb · core · Qaᵀ
+    Uc, S, Vhc = torch.linalg.svd(core, full_matrices=False)  # (kb, k), (k,), (k, ka)
+    U = Qb @ Uc  # (out, kb) @ (kb, k) -> (out, k)
+    Vh = Vhc @ Qa.mT  # (k, ka) @ (ka, in) -> (k, in)
+    return U, S, Vh
+
+
+def factored_singular_values(B: Tensor, A: Tensor) -> Tensor:
+    """All singular values of `B @ A` (descending), cheaply when R < min(out, in).
+
+    B: (out, R), A: (R, in). Uses the R × R QR core when R < min(out, in), otherwise
+    the dense product. Returns (min(out, in, R),).
+    """
+    _check_factor_pair(B, A)
+    out, rank, inn = B.shape[0], B.shape[1], A.shape[1]
+    if rank < min(out, inn):
+        Rb = torch.linalg.qr(B, mode="r")[1]  # (R, R): B = Qb Rb
+        Ra = torch.linalg.qr(A.mT, mode="r")[1]  # (R, R): Aᵀ = Qa Ra
+        return torch.linalg.svdvals(Rb @ Ra.mT)  # (R, R) @ (R, R) -> (R, R)
+    return torch.linalg.svdvals(B @ A)[: min(out, inn, rank)]  # (out, R) @ (R, in)
+
+
+def dense_topk_svd(
+    M: Tensor,
+    k: int,
+    mode: Literal["exact", "fast"],
+    generator: torch.Generator | None = None,
+    oversample: int = DEFAULT_OVERSAMPLE,
+    power_iters: int = DEFAULT_POWER_ITERS,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The top min(k, out, in) singular triplets of a dense M (out, in).
+
+    mode "exact" runs a full SVD and slices; "fast" runs randomised subspace iteration
+    with a sketch of k + oversample columns drawn from `generator` (a fixed seed 0 on
+    M's device when None), falling back to exact when that sketch would not be smaller
+    than min(out, in). Returns U (out, k'), S (k',), Vh (k', in).
+    """
+    if M.ndim != 2:
+        raise FlexLoraError(f"dense_topk_svd needs a 2-D matrix, got shape {tuple(M.shape)}")
+    if k < 1:
+        raise FlexLoraError(f"dense_topk_svd needs k >= 1, got {k}")
+    if oversample < 0 or power_iters < 0:
+        raise FlexLoraError(
+            f"oversample and power_iters must be >= 0, got {oversample} and {power_iters}"
+        )
+    n_min = min(M.shape)
+    k = min(k, n_min)
+    sketch = k + oversample
+    if mode == "exact" or sketch >= n_min:
+        U, S, Vh = torch.linalg.svd(M, full_matrices=False)  # (out, n), (n,), (n, in)
+        return U[:, :k], S[:k], Vh[:k]
+    if mode != "fast":
+        raise FlexLoraError(f"unknown SVD mode {mode!r}; expected 'exact' or 'fast'")
+    return _randomized_svd(M, k, sketch, power_iters, generator)
+
+
+def _randomized_svd(
+    M: Tensor, k: int, sketch: int, power_iters: int, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Randomised subspace iteration: top-k triplets of M (out, in) from a sketch of width l."""
+    if generator is None:
+        generator = torch.Generator(device=M.device).manual_seed(0)
+    # Draw on the generator's device, then move: a CPU generator still works for CUDA M.
+    omega = torch.randn(M.shape[1], sketch, generator=generator, device=generator.device)
+    omega = omega.to(device=M.device, dtype=M.dtype)  # (in, l)
+    # Re-orthonormalise after every product: plain powers of M would lose everything
+    # below σ_1 · eps^(1/(2q+1)) to rounding.
+    Q = torch.linalg.qr(M @ omega)[0]  # (out, in) @ (in, l) -> (out, l)
+    for _ in range(power_iters):
+        Z = torch.linalg.qr(M.mT @ Q)[0]  # (in, out) @ (out, l) -> (in, l)
+        Q = torch.linalg.qr(M @ Z)[0]  # (out, in) @ (in, l) -> (out, l)
+    small = Q.mT @ M  # (l, out) @ (out, in) -> (l, in): M ≈ Q · small
+    Us, S, Vh = torch.linalg.svd(small, full_matrices=False)  # (l, l), (l,), (l, in)
+    U = Q @ Us[:, :k]  # (out, l) @ (l, k) -> (out, k)
+    return U, S[:k], Vh[:k]
+
+
+def choose_svd_path(
+    shape: tuple[int, int], stacked_rank: int, k: int, mode: SvdMode, oversample: int
+) -> SvdPath:
+    """Which algorithm `truncated_svd_of_product` runs for a product of this size.
+
+    factored whenever R < min(out, in) (exact and cheapest, whatever the mode);
+    otherwise dense_exact for mode "exact", dense_fast for mode "fast" (if the sketch
+    k + oversample is smaller than min(out, in)), and for "auto" dense_fast only when
+    the sketch is at most AUTO_FAST_MAX_FRACTION of min(out, in).
+    """
+    if mode not in ("auto", "exact", "fast"):
+        raise FlexLoraError(f"unknown SVD mode {mode!r}; expected 'auto', 'exact' or 'fast'")
+    n_min = min(shape)
+    if stacked_rank < n_min:
+        return "factored"
+    sketch = min(k, n_min) + oversample
+    if mode == "fast" and sketch < n_min:
+        return "dense_fast"
+    if mode == "auto" and sketch <= AUTO_FAST_MAX_FRACTION * n_min:
+        return "dense_fast"
+    return "dense_exact"
+
+
+def truncated_svd_of_product(
+    B: Tensor,
+    A: Tensor,
+    k: int,
+    mode: SvdMode = "auto",
+    generator: torch.Generator | None = None,
+    oversample: int = DEFAULT_OVERSAMPLE,
+    power_iters: int = DEFAULT_POWER_ITERS,
+) -> tuple[Tensor, Tensor, Tensor, SvdInfo]:
+    """Top-k singular triplets of `B @ A`, by the cheapest path that suits its shape.
+
+    B: (out, R), A: (R, in). Returns U (out, k'), S (k',), Vh (k', in) with
+    k' = min(k, out, in, R), and an SvdInfo naming the path (see `choose_svd_path`).
+    Only the dense_fast path is approximate.
+    """
+    _check_factor_pair(B, A)
+    if k < 1:
+        raise FlexLoraError(f"truncated_svd_of_product needs k >= 1, got {k}")
+    shape = (int(B.shape[0]), int(A.shape[1]))
+    stacked_rank = int(B.shape[1])
+    path = choose_svd_path(shape, stacked_rank, k, mode, oversample)
+    if path == "factored":
+        U, S, Vh = factored_svd(B, A)
+        total = float(S.double().square().sum())
+        return U[:, :k], S[:k], Vh[:k], SvdInfo(path, stacked_rank, total)
+    dense = B @ A  # (out, R) @ (R, in) -> (out, in)
+    total = float(torch.linalg.vector_norm(dense, dtype=torch.float64) ** 2)
+    dense_mode: Literal["exact", "fast"] = "fast" if path == "dense_fast" else "exact"
+    U, S, Vh = dense_topk_svd(dense, k, dense_mode, generator, oversample, power_iters)
+    return U, S, Vh, SvdInfo(path, stacked_rank, total)
+
+
+def numerical_rank(singular_values: Tensor, shape: tuple[int, int]) -> int:
+    """How many singular values exceed max(out, in) · eps(dtype) · σ_max.
+
+    The tolerance is numpy's `matrix_rank` default: below it a singular value is
+    indistinguishable from rounding in the matrix it came from. Zero for a zero matrix.
+    """
+    if singular_values.numel() == 0:
+        return 0
+    sigma_max = float(singular_values.max())
+    if sigma_max == 0.0:
+        return 0
+    eps = torch.finfo(singular_values.dtype).eps
+    tolerance = max(shape) * eps * sigma_max
+    return int((singular_values > tolerance).sum())
+
+
+def _check_factor_pair(B: Tensor, A: Tensor) -> None:
+    if B.ndim != 2 or A.ndim != 2 or B.shape[1] != A.shape[0]:
+        raise FlexLoraError(
+            f"expected factors B (out, R) and A (R, in), got B {tuple(B.shape)} and A {tuple(A.shape)}"
+        )
