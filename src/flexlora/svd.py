@@ -216,5 +216,6 @@ def numerical_rank(singular_values: Tensor, shape: tuple[int, int]) -> int:
 def _check_factor_pair(B: Tensor, A: Tensor) -> None:
     if B.ndim != 2 or A.ndim != 2 or B.shape[1] != A.shape[0]:
         raise FlexLoraError(
-            f"expected factors B (out, R) and A (R, in), got B {tuple(B.shape)} and A {tuple(A.shape)}"
+            "expected factors B (out, R) and A (R, in), "
+            f"got B {tuple(B.shape)} and A {tuple(A.shape)}"
         )

@@ -1,0 +1,171 @@
+"""FlexLoRA (Bai et al., NeurIPS 2024): average full-size updates, SVD, redistribute.
+
+Per module: dW = Σ p_k s_k B_k A_k, dW = U Σ Vᵀ, and recipient j with rank r and
+scaling s gets B_j = U_r Σ_r / s, A_j = V_rᵀ, so that s · B_j A_j = T_r(dW), the best
+rank-r approximation of dW (Eckart–Young). The global update is dW itself.
+
+How the SVD is computed (see flexlora.svd): from the R × R QR core of the stacked
+factors when R = Σ r_k < min(out, in) (exact, never forms out × in); otherwise dW is
+formed with one GEMM and either fully decomposed (svd="exact") or its top r_max
+triplets found by randomised subspace iteration (svd="fast"; "auto" picks fast when
+r_max + oversample is at most a quarter of min(out, in)).
+
+The global update is exact on every path: U Σ and Vᵀ truncated to dW's numerical rank
+(singular values above max(out, in) · eps · σ_max) on the exact paths, the stacked
+factors themselves on the fast path. A recipient rank above what is available gets
+zero-padded components.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from flexlora.aggregation.base import AggregationResult, GlobalUpdate, TargetSpec
+from flexlora.aggregation.common import (
+    ComputeDtype,
+    compute_dtype,
+    energy_by_target,
+    fit_rank,
+    new_diagnostics,
+    parse_options,
+    stable_seed,
+    stack_scaled_factors,
+    validate_inputs,
+)
+from flexlora.errors import FlexLoraError
+from flexlora.lora import AdapterFactors, LoraFactors
+from flexlora.svd import (
+    DEFAULT_OVERSAMPLE,
+    DEFAULT_POWER_ITERS,
+    SvdMode,
+    choose_svd_path,
+    dense_topk_svd,
+    factored_svd,
+    numerical_rank,
+)
+
+
+@dataclass(frozen=True)
+class FlexLoraOptions:
+    """Options of the flexlora method."""
+
+    dtype: ComputeDtype = "float32"
+    """Compute dtype; results are cast back to the clients' dtype."""
+    svd: SvdMode = "auto"
+    """How to decompose dW when R >= min(out, in): exact (full SVD), fast (randomised), auto."""
+    split: Literal["sigma_to_b", "sqrt"] = "sigma_to_b"
+    """sigma_to_b: B = U Σ / s, A = Vᵀ (the authors'); sqrt: B = U √Σ / s, A = √Σ Vᵀ."""
+    oversample: int = DEFAULT_OVERSAMPLE
+    """Extra sketch columns of the fast SVD beyond r_max."""
+    power_iters: int = DEFAULT_POWER_ITERS
+    """Power iterations of the fast SVD; its error falls as (σ_{k+p+1}/σ_k)^(2q+1)."""
+    seed: int = 0
+    """Seed of the fast SVD's Gaussian sketch (combined with the module name)."""
+
+    def __post_init__(self) -> None:
+        if self.oversample < 0:
+            raise FlexLoraError(f"flexlora: oversample must be >= 0, got {self.oversample}")
+        if self.power_iters < 0:
+            raise FlexLoraError(f"flexlora: power_iters must be >= 0, got {self.power_iters}")
+
+
+@dataclass(frozen=True)
+class _ModuleSvd:
+    """One module's decomposition: leading triplets, all the energy, and the global update."""
+
+    U: Tensor  # (out, k)
+    S: Tensor  # (k,)
+    Vh: Tensor  # (k, in)
+    total_energy: float
+    global_B: Tensor  # (out, g)
+    global_A: Tensor  # (g, in)
+    global_singular_values: Tensor
+    path: str
+
+
+def aggregate(
+    clients: Sequence[AdapterFactors],
+    weights: Sequence[float],
+    targets: Mapping[Hashable, TargetSpec],
+    options: Mapping[str, Any],
+) -> AggregationResult:
+    """FlexLoRA aggregation; see the module docstring and `FlexLoraOptions`."""
+    opts = parse_options(FlexLoraOptions, options, "flexlora")
+    inputs = validate_inputs(clients, weights, targets)
+    dtype = compute_dtype(opts.dtype)
+    diagnostics = new_diagnostics("flexlora")
+    diagnostics["svd_mode"] = {}
+    client_factors: dict[Hashable, dict[str, LoraFactors]] = {key: {} for key in targets}
+    global_update: dict[str, GlobalUpdate] = {}
+    for module in inputs.modules:
+        Bc, Ac = stack_scaled_factors(clients, module, inputs.probabilities, dtype, inputs.device)
+        r_max = max((spec.ranks[module] for spec in targets.values()), default=1)
+        svd = _decompose(Bc, Ac, r_max, opts, module)
+        out_dtype = inputs.output_dtypes[module]
+        for key, spec in targets.items():
+            B, A = _recipient_factors(svd, spec.ranks[module], spec.scalings[module], opts.split)
+            client_factors[key][module] = LoraFactors(
+                B.to(out_dtype), A.to(out_dtype), spec.scalings[module]
+            )
+        global_update[module] = GlobalUpdate(
+            svd.global_B.to(out_dtype), svd.global_A.to(out_dtype), svd.global_singular_values
+        )
+        diagnostics["discarded_energy"][module] = energy_by_target(
+            svd.S, svd.total_energy, targets, module
+        )
+        diagnostics["global_rank"][module] = int(svd.global_A.shape[0])
+        diagnostics["svd_mode"][module] = svd.path
+    return AggregationResult(client_factors, global_update, False, diagnostics)
+
+
+def _decompose(
+    Bc: Tensor, Ac: Tensor, r_max: int, opts: FlexLoraOptions, module: str
+) -> _ModuleSvd:
+    """SVD of dW = Bc @ Ac (out, R) @ (R, in) by the path that suits its size."""
+    shape = (int(Bc.shape[0]), int(Ac.shape[1]))
+    path = choose_svd_path(shape, int(Bc.shape[1]), r_max, opts.svd, opts.oversample)
+    if path == "factored":
+        U, S, Vh = factored_svd(Bc, Ac)  # (out, R), (R,), (R, in)
+        return _exact_result(U, S, Vh, shape, path)
+    dense = Bc @ Ac  # (out, R) @ (R, in) -> (out, in)
+    if path == "dense_exact":
+        U, S, Vh = torch.linalg.svd(dense, full_matrices=False)  # (out, n), (n,), (n, in)
+        return _exact_result(U, S, Vh, shape, path)
+    total = float(torch.linalg.vector_norm(dense, dtype=torch.float64) ** 2)
+    generator = torch.Generator(device=dense.device)
+    # Per-module seed: the same sketch for a module whatever the module order.
+    generator.manual_seed(stable_seed("flexlora-sketch", opts.seed, module))
+    U, S, Vh = dense_topk_svd(dense, r_max, "fast", generator, opts.oversample, opts.power_iters)
+    # The fast SVD is approximate, so the global update stays the stacked factors: exactly dW.
+    return _ModuleSvd(U, S, Vh, total, Bc, Ac, S, path)
+
+
+def _exact_result(
+    U: Tensor, S: Tensor, Vh: Tensor, shape: tuple[int, int], path: str
+) -> _ModuleSvd:
+    """Global update U Σ, Vᵀ kept to dW's numerical rank (at least one component)."""
+    keep = max(1, numerical_rank(S, shape))
+    total = float(S.double().square().sum())
+    global_B = U[:, :keep] * S[:keep]  # (out, g) · (g,) -> (out, g)
+    return _ModuleSvd(U, S, Vh, total, global_B, Vh[:keep], S[:keep], path)
+
+
+def _recipient_factors(
+    svd: _ModuleSvd, rank: int, scaling: float, split: str
+) -> tuple[Tensor, Tensor]:
+    """B (out, rank), A (rank, in) with scaling · B @ A = T_rank(dW)."""
+    r = min(rank, int(svd.S.shape[0]))
+    U, S, Vh = svd.U[:, :r], svd.S[:r], svd.Vh[:r]
+    if split == "sqrt":
+        root = S.sqrt()
+        B = U * (root / scaling)  # (out, r) · (r,) -> (out, r)
+        A = root[:, None] * Vh  # (r, 1) · (r, in) -> (r, in)
+    else:
+        B = U * (S / scaling)  # (out, r) · (r,) -> (out, r)
+        A = Vh
+    return fit_rank(B, A, rank)

@@ -1,0 +1,600 @@
+"""Tokenisation of clients: prompt + target + EOS, labels masked over the prompt, a disk cache.
+
+One example becomes `tokens(prompt + target) + [EOS]` (the tokenizer's own special
+tokens, e.g. Llama's BOS, included). Its labels equal its input ids except over the
+prompt, where they are -100, unless `train_on_inputs`. The prompt / target boundary is
+the token that holds the first character of the target (exact even when a token
+straddles the boundary: that token is a target token), found from the fast tokenizer's
+character offsets, so the text is tokenised once. A slow tokenizer falls back on
+tokenising the prompt on its own and taking its length.
+
+Over-length examples (more than `max_length` tokens with the EOS) are never handled
+silently: they are cut to `max_length` and counted as `truncated`, or, with
+`drop_overlong`, dropped and counted as `dropped`. An example whose target is entirely
+cut away (a prompt of `max_length` tokens or more) would have no label to learn: it is
+dropped and counted as `dropped_no_target` (unless `train_on_inputs`).
+
+Storage: a split is three flat arrays (ids, offsets, prompt lengths), so a whole
+federation is one `.npz` file in the cache (`TokenizedCache`) rather than thousands of
+small ones, and examples become tensors only when a batch asks for them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from flexlora.config import DataConfig
+from flexlora.data.templates import check_template, format_prompt, format_target
+from flexlora.data.types import ClientData, Example, FederatedDataset
+from flexlora.errors import FlexLoraError
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+COUNT_KEYS = ("truncated", "dropped", "dropped_no_target")
+SPLITS = ("train", "eval", "test")
+# Texts per call of the tokenizer: large enough to keep its threads busy, small enough
+# that the per-token offsets of one call stay a few hundred MB at most.
+ENCODE_CHUNK = 2048
+CACHE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class TokenizedExample:
+    """One training example as tensors."""
+
+    input_ids: Tensor
+    """(seq,) int64: prompt + target + EOS (cut to max_length when over-long)."""
+    labels: Tensor
+    """(seq,) int64: input_ids with -100 over the prompt (unless train_on_inputs)."""
+    prompt_length: int
+
+
+@dataclass
+class TokenizedSplit:
+    """One client's split: example k is ids[offsets[k]:offsets[k+1]]."""
+
+    ids: np.ndarray
+    """(total tokens,) int32, all examples concatenated."""
+    offsets: np.ndarray
+    """(n + 1,) int64, offsets[0] == 0."""
+    prompt_lengths: np.ndarray
+    """(n,) int32: tokens of each example masked out of the labels."""
+    example_index: np.ndarray
+    """(n,) int32: position of each kept example in the split's example list."""
+    train_on_inputs: bool = False
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNT_KEYS, 0))
+    """truncated / dropped / dropped_no_target among the split's examples."""
+
+    def __len__(self) -> int:
+        return len(self.prompt_lengths)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """(n,) tokens per example."""
+        return np.diff(self.offsets)
+
+    def __getitem__(self, k: int) -> TokenizedExample:
+        if not -len(self) <= k < len(self):
+            raise IndexError(f"example {k} of a split of {len(self)}")
+        k %= len(self)
+        input_ids = torch.from_numpy(
+            self.ids[self.offsets[k] : self.offsets[k + 1]].astype(np.int64)
+        )
+        labels = input_ids.clone()
+        prompt_length = int(self.prompt_lengths[k])
+        if not self.train_on_inputs:
+            labels[:prompt_length] = IGNORE_INDEX
+        return TokenizedExample(input_ids, labels, prompt_length)
+
+    def __iter__(self) -> Any:
+        return (self[k] for k in range(len(self)))
+
+
+def _eos_id(tokenizer: Any) -> int:
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is None:
+        name = getattr(tokenizer, "name_or_path", type(tokenizer).__name__)
+        raise FlexLoraError(f"tokenizer {name!r} has no EOS token: set tokenizer.eos_token first")
+    return int(eos)
+
+
+def _backend(tokenizer: Any) -> Any | None:
+    """The Rust tokenizer of a fast tokenizer, without any truncation or padding set on it."""
+    if not getattr(tokenizer, "is_fast", False):
+        return None
+    backend = tokenizer.backend_tokenizer
+    if backend.truncation is not None or backend.padding is not None:
+        # A previous call of the wrapper left settings on it: work on a clean copy.
+        from tokenizers import Tokenizer
+
+        backend = Tokenizer.from_str(backend.to_str())
+        backend.no_truncation()
+        backend.no_padding()
+    return backend
+
+
+def _space_marker(spec: dict[str, Any]) -> str | None:
+    """The character spaces become (SentencePiece's "▁"), when that is all that happens to them.
+
+    Accepted: a Metaspace pre-tokenizer with no normalizer, or no pre-tokenizer with the
+    legacy Llama normalizer (Prepend "▁", Replace " " -> "▁"). Anything else: None.
+    """
+    normalizer, pre = spec.get("normalizer"), spec.get("pre_tokenizer")
+    if pre is not None:
+        if normalizer is None and pre.get("type") == "Metaspace":
+            return str(pre.get("replacement", "\u2581"))
+        return None
+    steps = (
+        normalizer.get("normalizers", [])
+        if normalizer and normalizer["type"] == "Sequence"
+        else [normalizer]
+    )
+    marker = None
+    for step in steps:
+        if step is None:
+            continue
+        if step.get("type") == "Replace" and step.get("pattern", {}).get("String") == " ":
+            marker = step.get("content")
+        elif step.get("type") != "Prepend" or " " in step.get("prepend", " "):
+            return None
+    return marker
+
+
+def prefix_cut_is_exact(backend: Any) -> bool:
+    """Whether the tokens of `text[:p]` are the first tokens of `text`, for a cut p before a space.
+
+    True for BPE tokenizers of the SentencePiece kind (Llama's, stories260K's) where no
+    vocabulary entry holds the space marker "▁" after its first character (unless it is
+    all markers): no merge can then join the character before a space that follows a
+    non-space with the space, so BPE on each side of that point runs independently.
+    Also required: nothing appended after the text by the post-processor, no added token
+    with a space in it, no BPE dropout or subword affixes. Used to tokenise only a
+    prefix of texts far longer than `max_length`: an exact shortcut, not an
+    approximation.
+    """
+    spec = json.loads(backend.to_str())
+    model = spec.get("model") or {}
+    if model.get("type") != "BPE" or model.get("dropout") or model.get("ignore_merges"):
+        return False
+    if model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
+        return False
+    marker = _space_marker(spec)
+    if not marker:
+        return False
+    post = spec.get("post_processor")
+    if post is not None and not (
+        post.get("type") == "TemplateProcessing" and "Sequence" in post["single"][-1]
+    ):
+        return False
+    if any(" " in added.get("content", "") for added in spec.get("added_tokens", [])):
+        return False
+    vocab = model.get("vocab") or {}
+    return all(marker not in token[1:] or not token.strip(marker) for token in vocab)
+
+
+def _safe_cut(text: str, budget: int) -> int:
+    """The first position >= budget holding a space after a non-space, else len(text)."""
+    pos = text.find(" ", budget)
+    while pos > 0:
+        if text[pos - 1] != " ":
+            return pos
+        pos = text.find(" ", pos + 1)
+    return len(text)
+
+
+def _encode_fast(
+    backend: Any, texts: list[str], prompt_chars: list[int], max_length: int
+) -> Iterable[tuple[list[int], int]]:
+    """(ids, prompt length in tokens) per text, from one batch call per chunk of texts.
+
+    When `prefix_cut_is_exact`, a text is cut at a safe point a little past where its
+    first `max_length` tokens should end (estimated from the characters per token seen
+    so far); a cut text that still gives fewer than `max_length` tokens is tokenised
+    again whole. The ids of a cut text are then the exact first tokens of the whole
+    text, and there are at least `max_length` of them: the example is over-long either way.
+    """
+    cut_ok = prefix_cut_is_exact(backend)
+    chars_per_token = 4.0  # a first guess, replaced by what each chunk measures
+    for start in range(0, len(texts), ENCODE_CHUNK):
+        chunk = texts[start : start + ENCODE_CHUNK]
+        used = chunk
+        if cut_ok:
+            budget = int((max_length + 8) * chars_per_token * 1.25)
+            used = [text[: _safe_cut(text, budget)] for text in chunk]
+        # the call the transformers wrapper makes, without turning every field into lists
+        encodings = backend.encode_batch(used, add_special_tokens=True)
+        if cut_ok:
+            redo = [
+                i
+                for i, (e, u, t) in enumerate(zip(encodings, used, chunk, strict=True))
+                if len(u) < len(t) and len(e) < max_length
+            ]
+            if redo:
+                for i, e in zip(redo, backend.encode_batch([chunk[i] for i in redo]), strict=True):
+                    encodings[i], used[i] = e, chunk[i]
+            ratios = [len(u) / len(e) for e, u in zip(encodings, used, strict=True) if len(e)]
+            if ratios:
+                chars_per_token = float(np.percentile(ratios, 90))
+        for encoding, text, boundary in zip(
+            encodings, used, prompt_chars[start : start + ENCODE_CHUNK], strict=True
+        ):
+            ids = encoding.ids
+            prompt_length = len(ids)
+            # the token holding the first target character; some characters (e.g. spaces a
+            # normaliser drops) map to no token, so look further along the target
+            for pos in range(boundary, len(text)):
+                token = encoding.char_to_token(pos)
+                if token is not None:
+                    prompt_length = token
+                    break
+            yield ids, prompt_length
+
+
+def _encode_slow(
+    tokenizer: Any, texts: list[str], prompts: list[str]
+) -> Iterable[tuple[list[int], int]]:
+    full = tokenizer(texts, add_special_tokens=True)["input_ids"]
+    prompt_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
+    return ((ids, len(p)) for ids, p in zip(full, prompt_ids, strict=True))
+
+
+# Per-example outcome of tokenisation (kept as is, kept cut, or left out and why).
+KEPT, TRUNCATED, DROPPED, DROPPED_NO_TARGET = 0, 1, 2, 3
+_STATUS_KEYS = {TRUNCATED: "truncated", DROPPED: "dropped", DROPPED_NO_TARGET: "dropped_no_target"}
+
+
+def _count(status: np.ndarray) -> dict[str, int]:
+    """truncated / dropped / dropped_no_target counts of a run of per-example statuses."""
+    tally = np.bincount(status, minlength=4)
+    return {name: int(tally[code]) for code, name in _STATUS_KEYS.items()}
+
+
+def _tokenize(
+    examples: Sequence[Example], tokenizer: Any, cfg: DataConfig
+) -> tuple[TokenizedSplit, np.ndarray]:
+    """The tokenised split and the (n,) status of every input example."""
+    check_template(cfg.template, cfg.custom_template)
+    eos = _eos_id(tokenizer)
+    prompts = [format_prompt(e, cfg.template, cfg.custom_template) for e in examples]
+    texts = [
+        p + format_target(e, cfg.template, cfg.custom_template)
+        for p, e in zip(prompts, examples, strict=True)
+    ]
+    backend = _backend(tokenizer)
+    if backend is not None:
+        encoded = _encode_fast(backend, texts, [len(p) for p in prompts], cfg.max_length)
+    else:
+        encoded = _encode_slow(tokenizer, texts, prompts)
+
+    status = np.zeros(len(examples), dtype=np.int8)
+    kept: list[list[int]] = []
+    prompt_lengths: list[int] = []
+    example_index: list[int] = []
+    for k, (ids, prompt_length) in enumerate(encoded):
+        if not ids or ids[-1] != eos:  # some tokenizers append EOS themselves
+            ids = [*ids, eos]
+        if len(ids) > cfg.max_length:
+            if cfg.drop_overlong:
+                status[k] = DROPPED
+                continue
+            status[k] = TRUNCATED
+            ids = ids[: cfg.max_length]
+        prompt_length = min(prompt_length, len(ids))
+        if prompt_length >= len(ids) and not cfg.train_on_inputs:
+            status[k] = DROPPED_NO_TARGET
+            continue
+        kept.append(ids)
+        prompt_lengths.append(prompt_length)
+        example_index.append(k)
+
+    offsets = np.zeros(len(kept) + 1, dtype=np.int64)
+    np.cumsum([len(ids) for ids in kept], out=offsets[1:])
+    flat = np.fromiter(itertools.chain.from_iterable(kept), dtype=np.int32, count=int(offsets[-1]))
+    tokenized = TokenizedSplit(
+        ids=flat,
+        offsets=offsets,
+        prompt_lengths=np.asarray(prompt_lengths, dtype=np.int32),
+        example_index=np.asarray(example_index, dtype=np.int32),
+        train_on_inputs=cfg.train_on_inputs,
+        counts=_count(status),
+    )
+    return tokenized, status
+
+
+def tokenize_examples(
+    examples: Sequence[Example], tokenizer: Any, cfg: DataConfig
+) -> TokenizedSplit:
+    """Tokenise a list of examples with one batched tokenizer call (per chunk of texts)."""
+    return _tokenize(examples, tokenizer, cfg)[0]
+
+
+def tokenize_client(
+    client: ClientData, split: str, tokenizer: Any, cfg: DataConfig
+) -> TokenizedSplit:
+    """Tokenise one split ("train", "eval" or "test") of one client (no cache)."""
+    if split not in SPLITS:
+        raise FlexLoraError(
+            f"client {client.client_id}: unknown split {split!r} (known: {', '.join(SPLITS)})"
+        )
+    return tokenize_examples(getattr(client, split), tokenizer, cfg)
+
+
+def collate(batch: Sequence[TokenizedExample], pad_id: int) -> dict[str, Tensor]:
+    """Right-pad a batch: input_ids (pad_id), labels (-100), attention_mask (0 over padding).
+
+    Each output is (batch, longest) int64.
+    """
+    if not batch:
+        raise FlexLoraError("collate: empty batch")
+    longest = max(len(ex.input_ids) for ex in batch)
+    input_ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), longest), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(batch), longest), dtype=torch.long)
+    for row, ex in enumerate(batch):
+        n = len(ex.input_ids)
+        input_ids[row, :n] = ex.input_ids
+        labels[row, :n] = ex.labels
+        attention_mask[row, :n] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+# ---------------------------------------------------------------------------------------
+# The whole federation, tokenised once and cached on disk.
+
+
+@dataclass
+class TokenizedDataset:
+    """Every client's tokenised splits: splits[client_id][split]."""
+
+    splits: dict[str, dict[str, TokenizedSplit]]
+    key: str
+    from_cache: bool
+
+    def split(self, client_id: str, split: str) -> TokenizedSplit:
+        try:
+            return self.splits[client_id][split]
+        except KeyError:
+            raise FlexLoraError(f"no tokenised {split!r} split for client {client_id!r}") from None
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """truncated / dropped / dropped_no_target summed over all clients and splits."""
+        total = dict.fromkeys(COUNT_KEYS, 0)
+        for by_split in self.splits.values():
+            for tokenized in by_split.values():
+                for key, value in tokenized.counts.items():
+                    total[key] = total.get(key, 0) + value
+        return total
+
+
+def _clients(dataset: FederatedDataset) -> list[ClientData]:
+    return [*dataset.seen.values(), *dataset.unseen.values()]
+
+
+def data_fingerprint(dataset: FederatedDataset) -> str:
+    """sha256 of every client id and example, in order (length-prefixed, so unambiguous).
+
+    A repeated instruction (every example of an NI task shares one) is hashed once per
+    run of repeats: the same information, a fifth of the bytes.
+    """
+    h = hashlib.sha256()
+    for client in _clients(dataset):
+        parts: list[str] = [f"C{len(client.client_id)}:{client.client_id}"]
+        for split in SPLITS:
+            examples: list[Example] = getattr(client, split)
+            parts.append(f"S{split}{len(examples)}")
+            previous = None
+            for e in examples:
+                if e.instruction == previous:
+                    parts.append("=")
+                else:
+                    parts.append(f"I{len(e.instruction)}:{e.instruction}")
+                    previous = e.instruction
+                parts.append(
+                    f"{len(e.input)}:{e.input}{len(e.output)}:{e.output}{len(e.category)}:{e.category}"
+                )
+        h.update("".join(parts).encode("utf-8", "surrogatepass"))
+    return h.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> dict[str, Any]:
+    """Name, vocabulary size, EOS and a hash of the full tokenizer definition."""
+    backend = (
+        getattr(tokenizer, "backend_tokenizer", None)
+        if getattr(tokenizer, "is_fast", False)
+        else None
+    )
+    if backend is not None:
+        definition = backend.to_str()
+    else:
+        definition = json.dumps(sorted(tokenizer.get_vocab().items()))
+    special = json.dumps(getattr(tokenizer, "all_special_tokens", []))
+    return {
+        "name_or_path": str(getattr(tokenizer, "name_or_path", "")),
+        "class": type(tokenizer).__name__,
+        "vocab_size": len(tokenizer),
+        "eos": _eos_id(tokenizer),
+        "hash": hashlib.sha256((definition + special).encode("utf-8", "surrogatepass")).hexdigest(),
+    }
+
+
+def cache_key(dataset: FederatedDataset, tokenizer: Any, cfg: DataConfig) -> str:
+    """sha256 of everything the tokenised federation depends on."""
+    parts = {
+        "format": CACHE_FORMAT,
+        "data": data_fingerprint(dataset),
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "template": cfg.template,
+        "custom_template": cfg.custom_template if cfg.template == "custom" else None,
+        "max_length": cfg.max_length,
+        "train_on_inputs": cfg.train_on_inputs,
+        "drop_overlong": cfg.drop_overlong,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "flexlora" / "tokens"
+
+
+class TokenizedCache:
+    """Tokenised federations on disk: one `<key>.npz` per (data, tokenizer, settings).
+
+    `cache_dir` defaults to ~/.cache/flexlora/tokens (DataConfig.cache_dir overrides).
+    A cache file that cannot be read is logged and rebuilt.
+    """
+
+    def __init__(self, cache_dir: str | Path | None = None) -> None:
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+
+    def path_for(self, key: str) -> Path:
+        return self.cache_dir / f"{key}.npz"
+
+    def load_or_tokenize(
+        self, dataset: FederatedDataset, tokenizer: Any, cfg: DataConfig
+    ) -> TokenizedDataset:
+        """The tokenised federation: from the cache when present, else tokenised and saved."""
+        key = cache_key(dataset, tokenizer, cfg)
+        path = self.path_for(key)
+        if path.is_file():
+            try:
+                splits = _read(path, cfg.train_on_inputs)
+                log.info("tokenised clients loaded from the cache %s", path)
+                return TokenizedDataset(splits, key, from_cache=True)
+            except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+                log.warning("cache file %s is unreadable (%s): tokenising again", path, e)
+        started = time.perf_counter()
+        splits = tokenize_dataset(dataset, tokenizer, cfg)
+        result = TokenizedDataset(splits, key, from_cache=False)
+        log.info(
+            "tokenised %d clients in %.1f s (%s)",
+            len(splits),
+            time.perf_counter() - started,
+            ", ".join(f"{k} {v}" for k, v in result.counts.items()),
+        )
+        _write(path, splits, cfg.train_on_inputs)
+        return result
+
+
+def _slice(
+    whole: TokenizedSplit, a: int, b: int, first_example: int, counts: dict[str, int]
+) -> TokenizedSplit:
+    """Kept examples a..b of `whole` as a split of their own (views, no copies of ids)."""
+    start, stop = int(whole.offsets[a]), int(whole.offsets[b])
+    return TokenizedSplit(
+        ids=whole.ids[start:stop],
+        offsets=whole.offsets[a : b + 1] - start,
+        prompt_lengths=whole.prompt_lengths[a:b],
+        example_index=whole.example_index[a:b] - first_example,
+        train_on_inputs=whole.train_on_inputs,
+        counts=counts,
+    )
+
+
+def tokenize_dataset(
+    dataset: FederatedDataset, tokenizer: Any, cfg: DataConfig
+) -> dict[str, dict[str, TokenizedSplit]]:
+    """Every split of every client (seen and unseen), from one batched pass over all texts."""
+    clients = _clients(dataset)
+    examples = [e for c in clients for s in SPLITS for e in getattr(c, s)]
+    whole, status = _tokenize(examples, tokenizer, cfg)
+    # bounds[i]..bounds[i+1]: positions of (client, split) number i among all examples;
+    # cut[i]..cut[i+1]: its kept examples among those of `whole`
+    bounds = np.cumsum([0] + [len(getattr(c, s)) for c in clients for s in SPLITS])
+    cut = np.searchsorted(whole.example_index, bounds)
+    splits: dict[str, dict[str, TokenizedSplit]] = {}
+    i = 0
+    for c in clients:
+        splits[c.client_id] = {}
+        for s in SPLITS:
+            counts = _count(status[bounds[i] : bounds[i + 1]])
+            splits[c.client_id][s] = _slice(
+                whole, int(cut[i]), int(cut[i + 1]), int(bounds[i]), counts
+            )
+            i += 1
+    return splits
+
+
+def _write(path: Path, splits: dict[str, dict[str, TokenizedSplit]], train_on_inputs: bool) -> None:
+    """One .npz holding every split back to back; written to a temp file, then renamed."""
+    parts = [t for by_split in splits.values() for t in by_split.values()]
+    sizes = [len(t) for t in parts]
+    token_base = np.cumsum([0] + [len(t.ids) for t in parts])
+    meta = {
+        "format": CACHE_FORMAT,
+        "clients": list(splits),
+        "splits": list(SPLITS),
+        "train_on_inputs": train_on_inputs,
+    }
+    arrays = {
+        "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+        "ids": np.concatenate([t.ids for t in parts] or [np.zeros(0, np.int32)]),
+        # per-split offsets shifted onto the concatenated ids; one leading 0
+        "offsets": np.concatenate(
+            [np.zeros(1, np.int64)]
+            + [t.offsets[1:] + base for t, base in zip(parts, token_base[:-1], strict=True)]
+        ),
+        "prompt_lengths": np.concatenate(
+            [t.prompt_lengths for t in parts] or [np.zeros(0, np.int32)]
+        ),
+        "example_index": np.concatenate(
+            [t.example_index for t in parts] or [np.zeros(0, np.int32)]
+        ),
+        "split_sizes": np.asarray(sizes, dtype=np.int64),
+        "split_counts": np.asarray(
+            [[t.counts[k] for k in COUNT_KEYS] for t in parts], dtype=np.int64
+        ).reshape(len(parts), len(COUNT_KEYS)),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)  # type: ignore[arg-type]
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    log.info("cached tokenised clients in %s", path)
+
+
+def _read(path: Path, train_on_inputs: bool) -> dict[str, dict[str, TokenizedSplit]]:
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {name: z[name] for name in z.files}
+    meta = json.loads(arrays["meta"].tobytes().decode())
+    if meta.get("format") != CACHE_FORMAT or meta.get("splits") != list(SPLITS):
+        raise ValueError(f"cache format {meta.get('format')}, expected {CACHE_FORMAT}")
+    whole = TokenizedSplit(
+        ids=arrays["ids"],
+        offsets=arrays["offsets"],
+        prompt_lengths=arrays["prompt_lengths"],
+        example_index=arrays["example_index"],
+        train_on_inputs=train_on_inputs,
+    )
+    bounds = np.concatenate([np.zeros(1, np.int64), np.cumsum(arrays["split_sizes"])])
+    counts = arrays["split_counts"]
+    if len(bounds) != len(meta["clients"]) * len(SPLITS) + 1 or bounds[-1] != len(whole):
+        raise ValueError("inconsistent split table")
+    splits: dict[str, dict[str, TokenizedSplit]] = {}
+    i = 0
+    for cid in meta["clients"]:
+        splits[cid] = {}
+        for s in SPLITS:
+            split_counts = {k: int(v) for k, v in zip(COUNT_KEYS, counts[i], strict=True)}
+            splits[cid][s] = _slice(whole, int(bounds[i]), int(bounds[i + 1]), 0, split_counts)
+            i += 1
+    return splits

@@ -1,0 +1,1 @@
+"""Maintenance commands of the project (run with `python -m flexlora.tools.<name>`)."""

@@ -1,0 +1,190 @@
+"""flexlora.svd against float64 dense references."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from flexlora.errors import FlexLoraError
+from flexlora.svd import (
+    choose_svd_path,
+    dense_topk_svd,
+    factored_singular_values,
+    factored_svd,
+    numerical_rank,
+    truncated_svd_of_product,
+)
+
+
+def _factors(out: int, rank: int, inn: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    B = torch.randn(out, rank, generator=g, dtype=torch.float64)
+    A = torch.randn(rank, inn, generator=g, dtype=torch.float64)
+    return B, A
+
+
+def _decaying(out: int, inn: int, seed: int, ratio: float = 0.7) -> torch.Tensor:
+    """A dense (out, in) float64 matrix with singular values ratio**i (clear gaps)."""
+    g = torch.Generator().manual_seed(seed)
+    n = min(out, inn)
+    U = torch.linalg.qr(torch.randn(out, n, generator=g, dtype=torch.float64))[0]
+    V = torch.linalg.qr(torch.randn(inn, n, generator=g, dtype=torch.float64))[0]
+    S = ratio ** torch.arange(n, dtype=torch.float64)
+    return (U * S) @ V.T
+
+
+def _truncation(M: torch.Tensor, r: int) -> torch.Tensor:
+    U, S, Vh = torch.linalg.svd(M, full_matrices=False)
+    return (U[:, :r] * S[:r]) @ Vh[:r]
+
+
+def test_factored_svd_reproduces_product_and_singular_values() -> None:
+    # Prepare
+    B, A = _factors(24, 6, 20, seed=0)
+    dense = B @ A
+    # Execute
+    U, S, Vh = factored_svd(B, A)
+    # Assert
+    assert U.shape == (24, 6) and S.shape == (6,) and Vh.shape == (6, 20)
+    torch.testing.assert_close((U * S) @ Vh, dense, rtol=0, atol=1e-12)
+    torch.testing.assert_close(S, torch.linalg.svdvals(dense)[:6], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(U.T @ U, torch.eye(6, dtype=torch.float64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(Vh @ Vh.T, torch.eye(6, dtype=torch.float64), rtol=0, atol=1e-12)
+
+
+def test_factored_svd_is_correct_when_stacked_rank_exceeds_shape() -> None:
+    # Prepare: R = 30 > min(out, in) = 20
+    B, A = _factors(24, 30, 20, seed=1)
+    # Execute
+    U, S, Vh = factored_svd(B, A)
+    # Assert
+    assert S.shape == (20,)
+    torch.testing.assert_close((U * S) @ Vh, B @ A, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("rank", [5, 30])
+def test_factored_singular_values_match_dense(rank: int) -> None:
+    # Prepare
+    B, A = _factors(24, rank, 20, seed=2)
+    # Execute
+    S = factored_singular_values(B, A)
+    # Assert
+    expected = torch.linalg.svdvals(B @ A)[: min(rank, 20)]
+    torch.testing.assert_close(S, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_dense_topk_exact_matches_full_svd() -> None:
+    # Prepare
+    M = _decaying(30, 20, seed=3)
+    # Execute
+    U, S, Vh = dense_topk_svd(M, 4, "exact")
+    # Assert
+    assert U.shape == (30, 4) and S.shape == (4,) and Vh.shape == (4, 20)
+    torch.testing.assert_close((U * S) @ Vh, _truncation(M, 4), rtol=0, atol=1e-12)
+
+
+def test_dense_topk_fast_matches_exact_truncation_on_a_gapped_spectrum() -> None:
+    # Prepare: 200 × 150, top 5 wanted; sketch 5 + 16 = 21 < 150 so the fast path runs
+    M = _decaying(200, 150, seed=4, ratio=0.5)
+    g = torch.Generator().manual_seed(7)
+    # Execute
+    U, S, Vh = dense_topk_svd(M, 5, "fast", generator=g, oversample=16, power_iters=2)
+    # Assert: (σ_22/σ_5)^5 = 2^-85: exact to rounding
+    torch.testing.assert_close((U * S) @ Vh, _truncation(M, 5), rtol=0, atol=1e-12)
+    torch.testing.assert_close(S, 0.5 ** torch.arange(5, dtype=torch.float64), rtol=1e-12, atol=0)
+
+
+def test_dense_topk_fast_is_deterministic_for_a_seed() -> None:
+    # Prepare
+    M = _decaying(80, 60, seed=5, ratio=0.95)
+    # Execute
+    first = dense_topk_svd(M, 4, "fast", torch.Generator().manual_seed(3), 4, 0)
+    second = dense_topk_svd(M, 4, "fast", torch.Generator().manual_seed(3), 4, 0)
+    default_a = dense_topk_svd(M, 4, "fast", None, 4, 0)
+    default_b = dense_topk_svd(M, 4, "fast", None, 4, 0)
+    # Assert
+    assert torch.equal(first[1], second[1]) and torch.equal(first[0], second[0])
+    assert torch.equal(default_a[1], default_b[1])
+
+
+def test_dense_topk_fast_falls_back_to_exact_when_sketch_is_not_smaller() -> None:
+    # Prepare: k + oversample = 18 + 16 >= 20
+    M = _decaying(24, 20, seed=6, ratio=0.99)
+    # Execute
+    U, S, Vh = dense_topk_svd(M, 18, "fast")
+    # Assert
+    torch.testing.assert_close((U * S) @ Vh, _truncation(M, 18), rtol=0, atol=1e-12)
+
+
+def test_dense_topk_clips_k_to_shape() -> None:
+    M = _decaying(12, 10, seed=8)
+    U, S, Vh = dense_topk_svd(M, 50, "exact")
+    assert U.shape == (12, 10) and S.shape == (10,) and Vh.shape == (10, 10)
+
+
+@pytest.mark.parametrize(
+    ("shape", "stacked", "k", "mode", "expected"),
+    [
+        ((4096, 4096), 304, 64, "auto", "factored"),
+        ((4096, 4096), 304, 64, "exact", "factored"),
+        ((4096, 4096), 304, 64, "fast", "factored"),
+        ((5504, 2048), 3000, 200, "auto", "dense_fast"),
+        ((5504, 2048), 3000, 200, "exact", "dense_exact"),
+        ((5504, 2048), 3000, 200, "fast", "dense_fast"),
+        ((24, 20), 24, 5, "auto", "dense_exact"),  # sketch 21 > 20/4
+        ((24, 20), 24, 5, "fast", "dense_exact"),  # sketch 21 >= 20
+        ((240, 200), 240, 5, "fast", "dense_fast"),
+    ],
+)
+def test_choose_svd_path(
+    shape: tuple[int, int], stacked: int, k: int, mode: str, expected: str
+) -> None:
+    assert choose_svd_path(shape, stacked, k, mode, 16) == expected  # type: ignore[arg-type]
+
+
+def test_truncated_svd_of_product_paths_agree_with_reference() -> None:
+    # Prepare: a factored case and a dense case (R = 250 >= 200)
+    small_B, small_A = _factors(60, 8, 50, seed=9)
+    M = _decaying(240, 200, seed=10, ratio=0.6)
+    dense_B, dense_A = torch.linalg.qr(M)[0], torch.linalg.qr(M)[1]  # (240, 200), (200, 200)
+    dense_B = torch.cat([dense_B, torch.zeros(240, 50, dtype=torch.float64)], dim=1)
+    dense_A = torch.cat([dense_A, torch.zeros(50, 200, dtype=torch.float64)], dim=0)
+    # Execute
+    U1, S1, V1, info1 = truncated_svd_of_product(small_B, small_A, 3)
+    U2, S2, V2, info2 = truncated_svd_of_product(dense_B, dense_A, 3, mode="fast")
+    U3, S3, V3, info3 = truncated_svd_of_product(dense_B, dense_A, 3, mode="exact")
+    # Assert
+    assert (info1.path, info2.path, info3.path) == ("factored", "dense_fast", "dense_exact")
+    assert info2.stacked_rank == 250
+    torch.testing.assert_close((U1 * S1) @ V1, _truncation(small_B @ small_A, 3), rtol=0, atol=1e-10)
+    for U, S, V in ((U2, S2, V2), (U3, S3, V3)):
+        torch.testing.assert_close((U * S) @ V, _truncation(M, 3), rtol=0, atol=1e-10)
+    expected_energy = float(torch.linalg.matrix_norm(M) ** 2)
+    assert info2.total_energy == pytest.approx(expected_energy, rel=1e-12)
+    assert info1.total_energy == pytest.approx(float((small_B @ small_A).norm() ** 2), rel=1e-12)
+
+
+def test_numerical_rank() -> None:
+    # Prepare: rank-3 product in float64 padded with 5 exactly dependent columns
+    B, A = _factors(30, 3, 25, seed=11)
+    B8 = torch.cat([B, B[:, :1].repeat(1, 5)], dim=1)
+    A8 = torch.cat([A, A[:1].repeat(5, 1)], dim=0)
+    # Execute
+    S = factored_singular_values(B8, A8)
+    # Assert
+    assert S.shape == (8,)
+    assert numerical_rank(S, (30, 25)) == 3
+    assert numerical_rank(torch.zeros(4, dtype=torch.float64), (30, 25)) == 0
+    assert numerical_rank(torch.zeros(0), (30, 25)) == 0
+
+
+def test_bad_inputs_raise() -> None:
+    B, A = _factors(10, 3, 8, seed=12)
+    with pytest.raises(FlexLoraError, match="expected factors"):
+        factored_svd(B, A[:2])
+    with pytest.raises(FlexLoraError, match="k >= 1"):
+        truncated_svd_of_product(B, A, 0)
+    with pytest.raises(FlexLoraError, match="unknown SVD mode"):
+        truncated_svd_of_product(B, A, 2, mode="slow")  # type: ignore[arg-type]
+    with pytest.raises(FlexLoraError, match="2-D"):
+        dense_topk_svd(torch.zeros(3), 1, "exact")
