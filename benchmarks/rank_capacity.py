@@ -24,7 +24,12 @@ import numpy as np
 import torch
 from peft import LoraConfig, get_peft_model
 from rouge_score import rouge_scorer
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from flexlora.assets import resolve_model_path
 from flexlora.data.synthetic import build_synthetic_suite
@@ -50,7 +55,9 @@ def prompt_of(e: Example) -> str:
     return template.format(instruction=e.instruction, input=e.input)
 
 
-def encode(tok: PreTrainedTokenizerBase, examples: Sequence[Example]) -> list[tuple[list[int], list[int]]]:
+def encode(
+    tok: PreTrainedTokenizerBase, examples: Sequence[Example]
+) -> list[tuple[list[int], list[int]]]:
     """(input ids, labels) per example: prompt + response + </s>, labels -100 on the prompt."""
     out = []
     for e in examples:
@@ -67,12 +74,18 @@ def collate(rows: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[st
     labels = torch.full((len(rows), width), -100)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, (x, y) in enumerate(rows):
-        ids[i, : len(x)], labels[i, : len(y)], mask[i, : len(x)] = torch.tensor(x), torch.tensor(y), 1
+        ids[i, : len(x)], labels[i, : len(y)], mask[i, : len(x)] = (
+            torch.tensor(x),
+            torch.tensor(y),
+            1,
+        )
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
 @torch.no_grad()
-def mean_loss(model: PreTrainedModel, rows: Sequence[tuple[list[int], list[int]]], pad_id: int) -> float:
+def mean_loss(
+    model: PreTrainedModel, rows: Sequence[tuple[list[int], list[int]]], pad_id: int
+) -> float:
     """Token-weighted response loss over `rows`, eval mode."""
     model.eval()
     total, count = 0.0, 0
@@ -85,25 +98,38 @@ def mean_loss(model: PreTrainedModel, rows: Sequence[tuple[list[int], list[int]]
 
 
 @torch.no_grad()
-def rouge_l(model: PreTrainedModel, tok: PreTrainedTokenizerBase, examples: Sequence[Example], max_new: int) -> float:
+def rouge_l(
+    model: PreTrainedModel, tok: PreTrainedTokenizerBase, examples: Sequence[Example], max_new: int
+) -> float:
     """Mean Rouge-L F of greedy generations against the references (left-padded prompts)."""
     model.eval()
     scorer = rouge_scorer.RougeScorer(["rougeL"])
     scores = []
     for i in range(0, len(examples), 48):
         chunk = examples[i : i + 48]
-        batch = tok([prompt_of(e) for e in chunk], return_tensors="pt", padding=True, padding_side="left")
-        out = model.generate(**batch, max_new_tokens=max_new, do_sample=False, pad_token_id=tok.pad_token_id)
+        batch = tok(
+            [prompt_of(e) for e in chunk], return_tensors="pt", padding=True, padding_side="left"
+        )
+        out = model.generate(
+            **batch, max_new_tokens=max_new, do_sample=False, pad_token_id=tok.pad_token_id
+        )
         texts = tok.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-        scores += [scorer.score(e.output, t.strip())["rougeL"].fmeasure for e, t in zip(chunk, texts, strict=True)]
+        scores += [
+            scorer.score(e.output, t.strip())["rougeL"].fmeasure
+            for e, t in zip(chunk, texts, strict=True)
+        ]
     return float(np.mean(scores))
 
 
-def finetune(base_path: str, rank: int, train_rows: list, seed: int, s: Settings, pad_id: int) -> PreTrainedModel:
+def finetune(
+    base_path: str, rank: int, train_rows: list, seed: int, s: Settings, pad_id: int
+) -> PreTrainedModel:
     """Plain PEFT LoRA, AdamW, constant lr, random batches drawn with an explicit generator."""
     gen = torch.Generator().manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base_path)
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=TARGETS, task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=TARGETS, task_type="CAUSAL_LM"
+    )
     with torch.random.fork_rng():  # PEFT draws A's init from the global generator
         torch.manual_seed(seed)
         model = get_peft_model(model, config)
@@ -148,9 +174,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             row = results.setdefault(f"r={rank}", {"loss": [], "rouge": []})
             row["loss"].append(mean_loss(model, fit_rows, tok.pad_token_id))
             row["rouge"].append(rouge_l(model, tok, evals, s.max_new_tokens))
-            print(f"seed {seed} rank {rank}: loss {row['loss'][-1]:.4f} rouge-L {row['rouge'][-1]:.4f} "
+            print(f"seed {seed} rank {rank}: loss {row['loss'][-1]:.4f} "
+                  f"rouge-L {row['rouge'][-1]:.4f} "
                   f"({time.perf_counter() - start:.0f} s)", flush=True)  # fmt: skip
-    print(f"\n{len(args.seeds)} seeds, {s.steps} steps of batch {s.batch_size}, lr {s.lr}, alpha = 2r")
+    print(
+        f"\n{len(args.seeds)} seeds, {s.steps} steps of batch {s.batch_size}, lr {s.lr}, alpha = 2r"
+    )
     print("| rank | train loss (mean ± std) | Rouge-L on eval split (mean ± std) |")
     print("| --- | --- | --- |")
     for name, row in results.items():

@@ -16,17 +16,10 @@ import torch
 from torch import Tensor, nn
 
 from flexlora.config import FederationConfig
+from flexlora.data.tokenize import TokenizedExample, collate
 
 # A regulariser over the live (B, A) parameters of every module -> a scalar added to the loss.
 Regularizer = Callable[[], Tensor]
-
-
-@dataclass(frozen=True)
-class TrainExample:
-    """One tokenised example: labels are -100 where no loss is taken (prompt, padding)."""
-
-    input_ids: Sequence[int]
-    labels: Sequence[int]
 
 
 @dataclass
@@ -46,20 +39,6 @@ def num_local_steps(num_examples: int, fed: FederationConfig) -> int:
         return fed.local_steps
     per_step = fed.batch_size * fed.grad_accum
     return max(1, math.ceil(fed.local_epochs * num_examples / per_step))
-
-
-def collate(batch: Sequence[TrainExample], pad_id: int) -> dict[str, Tensor]:
-    """Right-pad a batch: input_ids / attention_mask / labels, each (batch, longest)."""
-    longest = max(len(ex.input_ids) for ex in batch)
-    ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), longest), -100, dtype=torch.long)
-    mask = torch.zeros((len(batch), longest), dtype=torch.long)
-    for i, ex in enumerate(batch):
-        n = len(ex.input_ids)
-        ids[i, :n] = torch.as_tensor(ex.input_ids, dtype=torch.long)
-        labels[i, :n] = torch.as_tensor(ex.labels, dtype=torch.long)
-        mask[i, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
 def _batch_indices(n: int, batch_size: int, count: int, generator: torch.Generator) -> list[list[int]]:
@@ -90,7 +69,7 @@ def make_optimizer(params: list[nn.Parameter], fed: FederationConfig) -> torch.o
 def train_client(
     model: nn.Module,
     params: list[nn.Parameter],
-    examples: Sequence[TrainExample],
+    examples: Sequence[TokenizedExample],
     fed: FederationConfig,
     *,
     pad_id: int,

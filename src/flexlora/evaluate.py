@@ -16,14 +16,16 @@ Both modes also report the loss: the mean cross-entropy of the reference tokens 
 EOS after them) given the prompt, token-weighted over the split. The same forward pass
 serves the loss and the teacher-forced predictions.
 
-Tokenisation: prompt = `format_prompt(example, data.template, data.custom_template)` with
-the tokenizer's special tokens (a BOS, when it adds one); response = `format_target(...)`
-(the training target: the output, plus a custom template's literal suffix) with no special
-tokens, then EOS; the two are concatenated, so the prompt/response boundary is exact.
-Rouge-L compares the decoded prediction with the bare `example.output`. Nothing is dropped for length (unlike `data.drop_overlong` in training): a prompt
-longer than `data.max_length` is cut from the LEFT, keeping a leading BOS and the prompt's
-end, where the response starts; the scoring sequence keeps the response whole when it can.
-Every example cut in either pass is counted in `EvalResult.n_truncated`.
+Tokenisation: the scoring sequence is the training one (`flexlora.data.tokenize`: tokens
+of `format_prompt(...) + format_target(...)`, then EOS, the prompt/target boundary at the
+token holding the target's first character), so the eval loss is the training loss on
+held-out text; generation starts from the tokens of the prompt alone. Rouge-L compares the
+decoded prediction with the bare `example.output` (a custom template's suffix is left out).
+
+Length: nothing is dropped (unlike `data.drop_overlong` in training): a prompt longer than
+`data.max_length` is cut from the LEFT, keeping a leading BOS and the prompt's end, where
+the response starts; the scoring sequence keeps the response whole when it can. Every
+example cut in either pass is counted in `EvalResult.n_truncated`.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -40,7 +42,8 @@ import torch.nn.functional as F
 from transformers import GenerationConfig
 
 from flexlora.config import DataConfig, EvalConfig
-from flexlora.data.templates import format_prompt, format_target
+from flexlora.data.templates import format_prompt
+from flexlora.data.tokenize import tokenize_examples
 from flexlora.data.types import ClientData, Example
 from flexlora.errors import FlexLoraError
 from flexlora.metrics import rouge_l, weighted_mean
@@ -49,6 +52,8 @@ logger = logging.getLogger(__name__)
 
 Split = Literal["eval", "test"]
 ProgressFn = Callable[[int], None]
+# Tokenise evaluation examples whole: they are cut here, from the left.
+_NO_LIMIT = 2**31 - 1
 
 
 @dataclass
@@ -155,47 +160,52 @@ def _pad_token_id(tokenizer: Any) -> int:
 
 def encode_examples(
     tokenizer: Any,
-    prompts: Sequence[str],
-    references: Sequence[str],
-    max_length: int,
+    examples: Sequence[Example],
+    data_cfg: DataConfig,
     names: Sequence[str] | None = None,
 ) -> list[EncodedExample]:
-    """Tokenise prompts (with special tokens) and references (+ EOS) for evaluation.
+    """Tokenise examples for evaluation: a generation prompt and a scoring sequence each.
 
-    Generation prompt: the prompt cut from the left to `max_length` tokens, a leading BOS
-    kept. Scoring sequence: prompt + reference + EOS in at most `max_length` tokens; the
-    reference keeps priority (cut from the right only when it alone exceeds
-    max_length - 1), the prompt fills what is left from its end. `names` label the
+    Scoring sequence: exactly the training tokenisation (`flexlora.data.tokenize`: the
+    tokens of prompt + target with the tokenizer's special tokens, then EOS; the prompt
+    ends before the token that holds the target's first character), so the eval loss is
+    the training loss on unseen text. It is fitted into `data.max_length` differently
+    from training, though: the target keeps priority (cut from the right only when it
+    alone exceeds max_length - 1) and the prompt is cut from the LEFT, a leading BOS
+    kept, because its end is what the answer depends on.
+
+    Generation prompt: the tokens of the prompt alone (what the model has when it must
+    answer), cut from the left to `data.max_length` the same way. `names` label the
     examples in error messages.
     """
-    if len(prompts) != len(references):
-        raise FlexLoraError(
-            f"encode_examples: {len(prompts)} prompts but {len(references)} references"
-        )
-    eos = _eos_token_id(tokenizer)
     bos = getattr(tokenizer, "bos_token_id", None)
+    # Tokenise whole: cutting is done here, from the left, not by the training rule.
+    whole = replace(data_cfg, max_length=_NO_LIMIT, drop_overlong=False, train_on_inputs=False)
+    scored = tokenize_examples(examples, tokenizer, whole)
+    by_example = {int(k): j for j, k in enumerate(scored.example_index)}
+    prompts = [format_prompt(e, data_cfg.template, data_cfg.custom_template) for e in examples]
     # verbose=False: we cut long prompts ourselves, the "longer than the maximum" warning is noise.
-    prompt_batch = tokenizer(list(prompts), add_special_tokens=True, verbose=False)["input_ids"]
-    reference_batch = tokenizer(list(references), add_special_tokens=False, verbose=False)[
-        "input_ids"
-    ]
+    prompt_batch = tokenizer(prompts, add_special_tokens=True, verbose=False)["input_ids"]
+    max_length = data_cfg.max_length
     encoded = []
-    for i, (prompt_ids, reference_ids) in enumerate(
-        zip(prompt_batch, reference_batch, strict=True)
-    ):
-        prompt_ids, response_ids = list(prompt_ids), [*reference_ids, eos]
-        if not prompt_ids:
-            name = names[i] if names is not None else f"example {i}"
+    for i, prompt_ids in enumerate(prompt_batch):
+        name = names[i] if names is not None else f"example {i}"
+        if i not in by_example:
+            raise FlexLoraError(f"{name}: tokenisation leaves no target token to score")
+        full = scored[by_example[i]]
+        ids = full.input_ids.tolist()
+        head, response = ids[: full.prompt_length], ids[full.prompt_length :]
+        if not head or not prompt_ids:
             raise FlexLoraError(f"{name}: the prompt tokenises to no token at all")
-        keep_prefix = 1 if bos is not None and prompt_ids[0] == bos else 0
-        generation_prompt = _left_truncate(prompt_ids, max_length, keep_prefix)
+        keep_prefix = 1 if bos is not None and head[0] == bos else 0
+        generation_prompt = _left_truncate(list(prompt_ids), max_length, keep_prefix)
         # At least one prompt token stays: its logit predicts the first response token.
-        kept_response = response_ids[: max_length - 1]
-        scoring_prompt = _left_truncate(prompt_ids, max_length - len(kept_response), keep_prefix)
+        kept_response = response[: max_length - 1]
+        scoring_prompt = _left_truncate(head, max_length - len(kept_response), keep_prefix)
         truncated = (
             len(generation_prompt) < len(prompt_ids)
-            or len(scoring_prompt) < len(prompt_ids)
-            or len(kept_response) < len(response_ids)
+            or len(scoring_prompt) < len(head)
+            or len(kept_response) < len(response)
         )
         encoded.append(
             EncodedExample(
@@ -399,9 +409,8 @@ def evaluate_clients(
     eos_token_id, pad_token_id = _eos_token_id(tokenizer), _pad_token_id(tokenizer)
     encoded = encode_examples(
         tokenizer,
-        [format_prompt(ex, data_cfg.template, data_cfg.custom_template) for _, _, ex in chosen],
-        [format_target(ex, data_cfg.template, data_cfg.custom_template) for _, _, ex in chosen],
-        data_cfg.max_length,
+        [ex for _, _, ex in chosen],
+        data_cfg,
         names=[f"client {cid}, {split} example {i}" for cid, i, _ in chosen],
     )
     generate = eval_cfg.mode == "generate"

@@ -17,12 +17,11 @@ import torch
 
 from flexlora.adapters import AdapterHost, target_module_shapes
 from flexlora.assets import resolve_model_path
-from flexlora.client import TrainExample
 from flexlora.config import ExperimentConfig
 from flexlora.data.dataset import load_federated_dataset
 from flexlora.data.tokenize import TokenizedCache
 from flexlora.errors import FlexLoraError
-from flexlora.evaluate import evaluate_clients
+from flexlora.evaluate import count_examples, evaluate_clients
 from flexlora.outputs import RunWriter
 from flexlora.simulation import Federation, RunObserver, build_rank_classes
 
@@ -88,20 +87,28 @@ def run_experiment(
     model, tokenizer = load_model_and_tokenizer(cfg, device)
     shapes = target_module_shapes(model, cfg.model.target_modules)
     classes, _ = build_rank_classes(cfg.ranks.types, shapes)
-    cache = TokenizedCache(cfg.data, tokenizer)
-    tokenized = cache.tokenize_dataset(dataset, splits=("train",))
-    train_examples: dict[str, list[TrainExample]] = {
-        cid: [TrainExample(ex.input_ids, ex.labels) for ex in tokenized[cid]["train"].examples]
-        for cid in dataset.seen
-    }
-    empty = [cid for cid, exs in train_examples.items() if not exs]
+    tokenized = TokenizedCache(cfg.data.cache_dir).load_or_tokenize(dataset, tokenizer, cfg.data)
+    train_examples = {cid: tokenized.split(cid, "train") for cid in dataset.seen}
+    # A client whose every example lost its target to max_length cannot train: it stays
+    # out of sampling, counted in the summary and logged (never dropped silently).
+    empty = sorted(cid for cid, exs in train_examples.items() if len(exs) == 0)
     if empty:
-        raise FlexLoraError(f"client {empty[0]} has no training example left after tokenisation")
+        logger.warning(
+            "%d clients have no training example within data.max_length=%d and will not be "
+            "sampled (first: %s)", len(empty), cfg.data.max_length, ", ".join(empty[:5]),
+        )
+        for cid in empty:
+            del dataset.seen[cid], train_examples[cid]
+        dataset.skipped["clients_without_train_examples"] = len(empty)
+        if not dataset.seen:
+            raise FlexLoraError(
+                f"no client has a training example within data.max_length={cfg.data.max_length}"
+            )
 
     host = AdapterHost(model, cfg.model.target_modules, cfg.lora, {c.key: c.ranks for c in classes})
 
     def evaluate(model: Any, split: str, clients: Mapping[str, Any], obs: RunObserver) -> dict[str, Any]:
-        total = sum(len(getattr(c, split)) for c in clients.values())
+        total = count_examples(clients, split, cfg.eval)  # type: ignore[arg-type]
         obs.eval_started(f"{split}:{len(clients)} clients", total)
         result = evaluate_clients(
             model, tokenizer, clients, split, cfg.data, cfg.eval,  # type: ignore[arg-type]
@@ -121,7 +128,7 @@ def run_experiment(
     )
     state = federation.initial_state()
     writer = RunWriter(out_dir, cfg)
-    writer.start(dataset=dataset, classes=classes, client_class=state.client_class, tokenized_stats=cache.stats)
+    writer.start(dataset=dataset, classes=classes, client_class=state.client_class, tokenized_stats=tokenized.counts)
     for _ in range(cfg.federation.rounds):
         record = federation.run_round(state, observer)
         writer.append_round(record)

@@ -1,4 +1,4 @@
-"""Read and write PEFT LoRA adapter folders as flexlora factors.
+r"""Read and write PEFT LoRA adapter folders as flexlora factors.
 
 A PEFT adapter folder holds `adapter_config.json` and `adapter_model.safetensors`.
 PEFT saves one module's factors as
@@ -22,6 +22,9 @@ scaling), and otherwise folds the scaling into B with alpha chosen so that PEFT'
 scaling is exactly 1 (as peft's merge_utils does). Modules whose rank or alpha differs
 from the folder's `r` / `lora_alpha` get `rank_pattern` / `alpha_pattern` entries
 keyed `^<escaped module name>`, which PEFT matches against that one module only.
+Such keys need PEFT's current matching rule, `(.*\.)?(key)$` (checked on peft 0.21);
+older releases matched `.*\.key$`, which no `^` key satisfies, so loading there fails
+with a size mismatch rather than silently.
 
 Only plain LoRA on 2-D weights is supported: DoRA, trained biases, modules_to_save,
 embedding LoRA and the other LoRA variants are refused with a clear error rather than

@@ -19,7 +19,8 @@ import torch
 from flexlora.adapters import AdapterHost, initial_factors
 from flexlora.aggregation import get_method
 from flexlora.aggregation.base import AggregationResult, GlobalUpdate, TargetSpec
-from flexlora.client import TrainExample, train_client
+from flexlora.client import train_client
+from flexlora.data.tokenize import TokenizedSplit
 from flexlora.config import ExperimentConfig
 from flexlora.data.types import FederatedDataset
 from flexlora.errors import FlexLoraError
@@ -118,7 +119,7 @@ class Federation:
 
     config: ExperimentConfig
     dataset: FederatedDataset
-    train_examples: Mapping[str, list[TrainExample]]
+    train_examples: Mapping[str, TokenizedSplit]
     host: AdapterHost
     classes: list[RankClass]
     device: torch.device
@@ -269,7 +270,7 @@ class Federation:
         with self.host.global_model(state.global_update) as model:
             if self.dataset.unseen:
                 metrics["unseen"] = self.evaluate(model, "test", self.dataset.unseen, observer)
-            if self.config.eval.seen:
+            if self.config.eval.seen and any(c.eval for c in self.dataset.seen.values()):
                 metrics["seen"] = self.evaluate(model, "eval", self.dataset.seen, observer)
         return metrics
 

@@ -213,7 +213,9 @@ def test_hetlora_regularizer_edge_cases() -> None:
     A = torch.ones(4, IN)
     value = hetlora_regularizer(B, A, 0.5)
     value.backward()
-    assert float(value.detach()) == 0.0 and B.grad is not None and bool(torch.isfinite(B.grad).all())
+    assert (
+        float(value.detach()) == 0.0 and B.grad is not None and bool(torch.isfinite(B.grad).all())
+    )
     # gamma = 1 keeps every component: nothing to penalise
     assert float(hetlora_regularizer(torch.ones(3, 4), torch.ones(4, 2), 1.0)) == 0.0
     # ⌊0.29 · 100⌋ = 29 despite 0.29 * 100 == 28.999999999999996

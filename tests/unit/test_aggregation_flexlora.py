@@ -44,9 +44,7 @@ def make_clients(
 
 def targets_for(specs: Sequence[tuple[int, float, bool]]) -> dict[int, TargetSpec]:
     return {
-        k: TargetSpec(
-            {m: r for m in MODULES}, {m: lora_scaling(alpha, r, rs) for m in MODULES}
-        )
+        k: TargetSpec({m: r for m in MODULES}, {m: lora_scaling(alpha, r, rs) for m in MODULES})
         for k, (r, alpha, rs) in enumerate(specs)
     }
 
@@ -109,7 +107,9 @@ def test_global_update_is_dW_exactly_with_its_singular_values() -> None:
         assert g.B.shape == (OUT, 10) and g.A.shape == (10, IN)
         torch.testing.assert_close(g.B @ g.A, dW, rtol=0, atol=1e-10)
         assert g.singular_values is not None
-        torch.testing.assert_close(g.singular_values, torch.linalg.svdvals(dW)[:10], rtol=1e-10, atol=0)
+        torch.testing.assert_close(
+            g.singular_values, torch.linalg.svdvals(dW)[:10], rtol=1e-10, atol=0
+        )
         assert result.diagnostics["global_rank"][module] == 10
         assert result.diagnostics["svd_mode"][module] == "factored"
 
@@ -124,8 +124,12 @@ def test_targets_at_or_above_rank_of_dW_reproduce_dW() -> None:
     for module in MODULES:
         f = result.client_factors["big"][module]  # type: ignore[index]
         assert f.B.shape == (OUT, 12)
-        torch.testing.assert_close(effective(f), reference_dW(clients, WEIGHTS, module), rtol=0, atol=1e-10)
-        assert result.diagnostics["discarded_energy"][module]["big"] == pytest.approx(0.0, abs=1e-12)
+        torch.testing.assert_close(
+            effective(f), reference_dW(clients, WEIGHTS, module), rtol=0, atol=1e-10
+        )
+        assert result.diagnostics["discarded_energy"][module]["big"] == pytest.approx(
+            0.0, abs=1e-12
+        )
 
 
 def test_identical_clients_get_their_own_product_back() -> None:
@@ -145,9 +149,7 @@ def test_scaling_is_folded_exactly_once() -> None:
     # Prepare: double client 0's alpha; its dW_0 doubles, so dW changes by p_0 · dW_0
     clients = make_clients()
     doubled = [dict(c) for c in clients]
-    doubled[0] = {
-        m: LoraFactors(f.B, f.A, f.scaling * 2.0) for m, f in clients[0].items()
-    }
+    doubled[0] = {m: LoraFactors(f.B, f.A, f.scaling * 2.0) for m, f in clients[0].items()}
     targets = targets_for(CLIENTS)
     # Execute
     base = flexlora(clients, WEIGHTS, targets, {"dtype": "float64"})
@@ -158,7 +160,9 @@ def test_scaling_is_folded_exactly_once() -> None:
         dW0 = effective(clients[0][module])
         got = scaled.global_update[module]
         before = base.global_update[module]
-        torch.testing.assert_close(got.B @ got.A, before.B @ before.A + p0 * dW0, rtol=0, atol=1e-10)
+        torch.testing.assert_close(
+            got.B @ got.A, before.B @ before.A + p0 * dW0, rtol=0, atol=1e-10
+        )
         # and the recipients' own scaling is divided out exactly once
         f = scaled.client_factors[2][module]  # type: ignore[index]
         torch.testing.assert_close(
@@ -216,14 +220,18 @@ def test_dense_path_matches_reference(svd: str) -> None:
             torch.testing.assert_close(effective(f), truncate(dW, r), rtol=0, atol=1e-8)
         S = torch.linalg.svdvals(dW)
         energy = 1.0 - float((S[:4] ** 2).sum() / (S**2).sum())
-        assert result.diagnostics["discarded_energy"][module]["mid"] == pytest.approx(energy, abs=1e-10)
+        assert result.diagnostics["discarded_energy"][module]["mid"] == pytest.approx(
+            energy, abs=1e-10
+        )
 
 
 def test_dense_fast_global_is_the_stacked_factors() -> None:
     specs = [(30, 16.0, False), (25, 8.0, True)]
     clients = make_clients(specs, seed=6, shape=(60, 50))
     targets = {"t": TargetSpec({m: 3 for m in MODULES}, {m: 1.0 for m in MODULES})}
-    result = flexlora(clients, [1.0, 3.0], targets, {"dtype": "float64", "svd": "fast", "oversample": 5})
+    result = flexlora(
+        clients, [1.0, 3.0], targets, {"dtype": "float64", "svd": "fast", "oversample": 5}
+    )
     g = result.global_update["q"]
     assert g.B.shape == (60, 55) and g.A.shape == (55, 50)
     assert g.singular_values is not None and g.singular_values.shape == (3,)

@@ -23,9 +23,7 @@ def make_clients(n: int = 3) -> list[dict[str, LoraFactors]]:
     g = torch.Generator().manual_seed(0)
     return [
         {
-            m: LoraFactors(
-                torch.randn(OUT, RANK, generator=g), ffa_shared_A(IN, RANK, 0, m), 2.0
-            )
+            m: LoraFactors(torch.randn(OUT, RANK, generator=g), ffa_shared_A(IN, RANK, 0, m), 2.0)
             for m in MODULES
         }
         for _ in range(n)
@@ -70,7 +68,9 @@ def test_non_finite_factor_names_client_and_module(method: str, bad: float, fact
     clients = make_clients()
     tensor = getattr(clients[1]["v"], factor).clone()
     tensor[0, 0] = bad
-    message = raises(method, replace(clients, 1, "v", **{factor: tensor}), [1, 1, 1], make_targets())
+    message = raises(
+        method, replace(clients, 1, "v", **{factor: tensor}), [1, 1, 1], make_targets()
+    )
     assert message == f"client 1, module 'v': {factor} contains NaN or Inf"
 
 
@@ -94,7 +94,10 @@ def test_missing_and_extra_module(method: str) -> None:
     )
     extra = [dict(c) for c in clients]
     extra[2]["k"] = clients[2]["q"]
-    assert raises(method, extra, [1, 1, 1], make_targets()) == "client 2: module 'k' is not in client 0"
+    assert (
+        raises(method, extra, [1, 1, 1], make_targets())
+        == "client 2: module 'k' is not in client 0"
+    )
 
 
 @pytest.mark.parametrize("method", ALL)
@@ -124,10 +127,13 @@ def test_no_clients(method: str) -> None:
 def test_targets_must_name_every_module_with_valid_rank_and_scaling(method: str) -> None:
     clients = make_clients()
     missing = {0: TargetSpec({"q": RANK}, {"q": 2.0, "v": 2.0})}
-    assert raises(method, clients, [1, 1, 1], missing) == "target 0: no rank or scaling for module 'v'"
+    assert (
+        raises(method, clients, [1, 1, 1], missing) == "target 0: no rank or scaling for module 'v'"
+    )
     zero_rank = {"c": TargetSpec({m: 0 for m in MODULES}, {m: 2.0 for m in MODULES})}
-    assert "target 'c', module 'q': rank must be an int >= 1, got 0" == raises(
-        method, clients, [1, 1, 1], zero_rank
+    assert (
+        raises(method, clients, [1, 1, 1], zero_rank)
+        == "target 'c', module 'q': rank must be an int >= 1, got 0"
     )
     bad_scaling = {0: TargetSpec({m: RANK for m in MODULES}, {m: 0.0 for m in MODULES})}
     assert "scaling must be finite and non-zero" in raises(method, clients, [1, 1, 1], bad_scaling)
@@ -136,7 +142,10 @@ def test_targets_must_name_every_module_with_valid_rank_and_scaling(method: str)
 @pytest.mark.parametrize("method", ALL)
 def test_non_finite_client_scaling(method: str) -> None:
     bad = replace(make_clients(), 0, "q", scaling=math.nan)
-    assert raises(method, bad, [1, 1, 1], make_targets()) == "client 0, module 'q': scaling nan is not finite"
+    assert (
+        raises(method, bad, [1, 1, 1], make_targets())
+        == "client 0, module 'q': scaling nan is not finite"
+    )
 
 
 @pytest.mark.parametrize("method", ALL)
@@ -177,7 +186,8 @@ def test_unknown_method_lists_known_ones() -> None:
     with pytest.raises(FlexLoraError) as info:
         get_method("fedavg")
     assert str(info.value) == (
-        "unknown aggregation method 'fedavg'; known methods: fedit, ffa, flexlora, flora, hetlora, zeropad"
+        "unknown aggregation method 'fedavg'; "
+        "known methods: fedit, ffa, flexlora, flora, hetlora, zeropad"
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from flexlora.config import DataConfig, EvalConfig
 from flexlora.data.templates import format_prompt
+from flexlora.data.tokenize import tokenize_examples
 from flexlora.data.types import ClientData, Example
 from flexlora.errors import FlexLoraError
 from flexlora.evaluate import (
@@ -212,48 +214,43 @@ def test_encode_examples_truncates_from_the_left_keeping_bos(
     tokenizer: PreTrainedTokenizerFast,
 ) -> None:
     w = {word: i + len(SPECIALS) for i, word in enumerate(WORDS)}
-    prompts = [
-        "the cat sat",
-        "the cat sat on the mat",
-        "one two three apple tree house car red blue green",
-        "yes",
+    # The prompt is the instruction and a space; the target the bare output.
+    cfg = DataConfig(template="custom", custom_template="{instruction} {output}", max_length=8)
+    examples = [
+        ex("the cat sat", "", "a mat", "x"),
+        ex("the cat sat on the mat", "", "a dog", "x"),
+        ex("one two three apple tree house car red blue green", "", "no", "x"),
+        ex("yes", "", "a b c d e f g h", "x"),
     ]
-    refs = ["a mat", "a dog", "no", "a b c d e f g h"]
-    fits, long_scoring, long_prompt, long_ref = encode_examples(
-        tokenizer, prompts, refs, max_length=8
-    )
+    fits, long_scoring, long_prompt, long_ref = encode_examples(tokenizer, examples, cfg)
 
-    # 1 + 3 prompt tokens, 2 + EOS response tokens: 7 <= 8, nothing cut.
+    # 1 + 3 prompt tokens, 2 + EOS response tokens: 7 <= 8, nothing cut; the scoring
+    # sequence is the training one.
     assert fits.prompt_ids == [BOS, w["the"], w["cat"], w["sat"]]
     assert fits.input_ids == [BOS, w["the"], w["cat"], w["sat"], w["a"], w["mat"], EOS]
     assert (fits.n_prompt, fits.truncated) == (4, False)
+    trained = tokenize_examples(examples[:1], tokenizer, cfg)[0]
+    assert fits.input_ids == trained.input_ids.tolist()
+    assert fits.n_prompt == trained.prompt_length
 
     # The 7-token prompt fits for generation; prompt + 3 response tokens does not: the
-    # scoring prompt keeps BOS and its last 4 tokens.
-    assert long_scoring.prompt_ids == tokenizer(prompts[1])["input_ids"]
+    # scoring prompt keeps BOS and its last 4 tokens (training would cut the end instead).
+    assert long_scoring.prompt_ids == tokenizer(examples[1].instruction)["input_ids"]
     assert long_scoring.input_ids == [
-        BOS,
-        w["sat"],
-        w["on"],
-        w["the"],
-        w["mat"],
-        w["a"],
-        w["dog"],
-        EOS,
+        *(BOS, w["sat"], w["on"], w["the"], w["mat"]),
+        *(w["a"], w["dog"], EOS),
     ]
     assert (long_scoring.n_prompt, long_scoring.truncated) == (5, True)
 
     # An 11-token prompt: BOS + its last 7 tokens for generation.
-    assert long_prompt.prompt_ids == [
-        BOS,
-        *[w[t] for t in ("apple", "tree", "house", "car", "red", "blue", "green")],
-    ]
-    assert len(long_prompt.prompt_ids) == 8 and long_prompt.truncated
+    last_seven = ("apple", "tree", "house", "car", "red", "blue", "green")
+    assert long_prompt.prompt_ids == [BOS, *[w[t] for t in last_seven]]
+    assert long_prompt.truncated
 
     # A reference longer than max_length - 1: the response is cut from the right and only
     # the last prompt token (which predicts the first response token) stays.
     assert long_ref.n_prompt == 1 and len(long_ref.input_ids) == 8
-    assert long_ref.input_ids[0] == w["yes"] and long_ref.input_ids[1] == w["a"]
+    assert long_ref.input_ids[:2] == [w["yes"], w["a"]]
     assert long_ref.truncated
 
 
@@ -460,42 +457,60 @@ def test_loss_scores_the_training_target_of_a_custom_template(
 def test_client_weighting_and_category_breakdown(
     model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, clients: dict[str, ClientData]
 ) -> None:
+    # Generation does not read the reference: learn what the model answers, then make those
+    # answers the references of client a (Rouge-L 100) and of one of c's examples, and give
+    # b and c's other example a reference no answer can match (Rouge-L 0).
+    cfg = EvalConfig(mode="generate", max_new_tokens=3, batch_size=2)
+    first = evaluate_clients(
+        model, tokenizer, clients, "test", data_cfg(), cfg, device="cpu", keep_predictions=True
+    )
+    assert first.predictions is not None
+    answers = [p["prediction"] for p in first.predictions]
+    assert all(answers[:3]) and answers[4], "the tiny model should answer with vocabulary words"
+    scored = {
+        "a": ClientData(
+            "a",
+            [],
+            test=[
+                replace(e, output=t) for e, t in zip(clients["a"].test, answers[:3], strict=True)
+            ],
+        ),
+        "b": ClientData("b", [], test=[replace(clients["b"].test[0], output="zzz")]),
+        "c": ClientData(
+            "c",
+            [],
+            test=[
+                replace(clients["c"].test[0], output=answers[4]),
+                replace(clients["c"].test[1], output="zzz"),
+            ],
+        ),
+    }
     result = evaluate_clients(
-        model,
-        tokenizer,
-        clients,
-        "test",
-        data_cfg(),
-        EvalConfig(mode="teacher-forced", batch_size=2),
-        device="cpu",
-        keep_predictions=True,
+        model, tokenizer, scored, "test", data_cfg(), cfg, device="cpu", keep_predictions=True
     )
     assert result.predictions is not None
-    example_mean = sum(p["rougeL"] for p in result.predictions) / len(result.predictions)
-    assert result.rougeL == pytest.approx(example_mean)
-    sizes = {cid: s["n"] for cid, s in result.per_client.items()}
-    assert sizes == {"a": 3, "b": 1, "c": 2}
-    weighted = sum(s["rougeL"] * s["n"] for s in result.per_client.values()) / 6
-    assert result.rougeL == pytest.approx(weighted)
+    assert [p["rougeL"] for p in result.predictions] == pytest.approx([100, 100, 100, 0, 100, 0])
+    # Client means 100, 0, 50 weighted by sizes 3, 1, 2: 400 / 6, the example-level mean;
+    # the mean of client means would be 50.
+    assert {c: s["n"] for c, s in result.per_client.items()} == {"a": 3, "b": 1, "c": 2}
+    assert [s["rougeL"] for s in result.per_client.values()] == pytest.approx([100, 0, 50])
+    assert result.rougeL == pytest.approx(400 / 6)
 
+    # Categories: animals = a's three, c's two (4 of 5 right); colours = b's one.
     cats = result.per_category
     assert set(cats) == {"animals", "colours"}
     assert (cats["animals"]["n_examples"], cats["animals"]["n_clients"]) == (5, 2)
     assert (cats["colours"]["n_examples"], cats["colours"]["n_clients"]) == (1, 1)
-    assert sum(c["n_examples"] for c in cats.values()) == result.n_examples
+    assert cats["animals"]["rougeL"] == pytest.approx(80.0)
+    assert cats["colours"]["rougeL"] == pytest.approx(0.0)
+    assert sum(c["n_examples"] for c in cats.values()) == result.n_examples == 6
     assert sum(c["n_tokens"] for c in cats.values()) == result.n_tokens
-    assert sum(c["rougeL"] * c["n_examples"] for c in cats.values()) / 6 == pytest.approx(
-        result.rougeL
-    )
-    assert sum(c["loss"] * c["n_tokens"] for c in cats.values()) / result.n_tokens == pytest.approx(
-        result.loss
-    )
-    animals = [p["rougeL"] for p in result.predictions if p["category"] == "animals"]
-    assert cats["animals"]["rougeL"] == pytest.approx(sum(animals) / len(animals))
+    weighted_loss = sum(c["loss"] * c["n_tokens"] for c in cats.values()) / result.n_tokens
+    assert weighted_loss == pytest.approx(result.loss)
 
     as_json = json.loads(json.dumps(result.to_dict()))
-    assert as_json["rougeL"] == pytest.approx(result.rougeL) and "predictions" in as_json
-    assert 0.0 <= result.rougeL <= 100.0 and math.isfinite(result.loss)
+    assert as_json["rougeL"] == pytest.approx(400 / 6) and "predictions" in as_json
+    assert math.isfinite(result.loss)
 
 
 def test_cap_progress_flags_and_padding_side(

@@ -156,7 +156,9 @@ def test_truncated_svd_of_product_paths_agree_with_reference() -> None:
     # Assert
     assert (info1.path, info2.path, info3.path) == ("factored", "dense_fast", "dense_exact")
     assert info2.stacked_rank == 250
-    torch.testing.assert_close((U1 * S1) @ V1, _truncation(small_B @ small_A, 3), rtol=0, atol=1e-10)
+    torch.testing.assert_close(
+        (U1 * S1) @ V1, _truncation(small_B @ small_A, 3), rtol=0, atol=1e-10
+    )
     for U, S, V in ((U2, S2, V2), (U3, S3, V3)):
         torch.testing.assert_close((U * S) @ V, _truncation(M, 3), rtol=0, atol=1e-10)
     expected_energy = float(torch.linalg.matrix_norm(M) ** 2)

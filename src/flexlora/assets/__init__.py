@@ -27,7 +27,9 @@ def resolve_model_path(path: str) -> str:
     name = path[len(BUILTIN_PREFIX) :]
     folder = BUILTIN_MODELS.get(name)
     if folder is None:
-        raise FlexLoraError(f"model.path: unknown builtin model {name!r} (known: {', '.join(BUILTIN_MODELS)})")
+        raise FlexLoraError(
+            f"model.path: unknown builtin model {name!r} (known: {', '.join(BUILTIN_MODELS)})"
+        )
     if not (folder / "config.json").is_file():
         raise FlexLoraError(
             f"model.path: builtin model {name!r} is missing from {folder}; rebuild it with "

@@ -28,7 +28,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,10 @@ SPLITS = ("train", "eval", "test")
 # Texts per call of the tokenizer: large enough to keep its threads busy, small enough
 # that the per-token offsets of one call stay a few hundred MB at most.
 ENCODE_CHUNK = 2048
+# The prefix cut's budget: this percentile of the characters per token measured on the
+# previous chunk, times this margin; texts cut too short are cut again longer.
+CUT_PERCENTILE = 50
+CUT_MARGIN = 1.15
 CACHE_FORMAT = 1
 
 
@@ -101,7 +105,7 @@ class TokenizedSplit:
             labels[:prompt_length] = IGNORE_INDEX
         return TokenizedExample(input_ids, labels, prompt_length)
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[TokenizedExample]:
         return (self[k] for k in range(len(self)))
 
 
@@ -141,7 +145,7 @@ def _space_marker(spec: dict[str, Any]) -> str | None:
         return None
     steps = (
         normalizer.get("normalizers", [])
-        if normalizer and normalizer["type"] == "Sequence"
+        if normalizer and normalizer.get("type") == "Sequence"
         else [normalizer]
     )
     marker = None
@@ -177,10 +181,10 @@ def prefix_cut_is_exact(backend: Any) -> bool:
     if not marker:
         return False
     post = spec.get("post_processor")
-    if post is not None and not (
-        post.get("type") == "TemplateProcessing" and "Sequence" in post["single"][-1]
-    ):
-        return False
+    if post is not None:
+        template = post.get("single") or [{}]
+        if post.get("type") != "TemplateProcessing" or "Sequence" not in template[-1]:
+            return False  # e.g. an EOS appended after the text
     if any(" " in added.get("content", "") for added in spec.get("added_tokens", [])):
         return False
     vocab = model.get("vocab") or {}
@@ -197,6 +201,33 @@ def _safe_cut(text: str, budget: int) -> int:
     return len(text)
 
 
+def _encode_prefixes(
+    backend: Any, texts: list[str], max_length: int, chars_per_token: float
+) -> tuple[list[str], list[Any]]:
+    """Encode each text cut at a safe point past ~max_length tokens; (texts used, encodings).
+
+    A cut text that gave fewer than `max_length` tokens was cut too short: it is cut
+    again with twice the budget, until it has enough tokens or is whole.
+    """
+    budget = int((max_length + 8) * chars_per_token * CUT_MARGIN)
+    used = [text[: _safe_cut(text, budget)] for text in texts]
+    encodings = backend.encode_batch(used, add_special_tokens=True)
+    short = [
+        i for i, e in enumerate(encodings) if len(used[i]) < len(texts[i]) and len(e) < max_length
+    ]
+    while short:
+        budget *= 2
+        retry = [texts[i][: _safe_cut(texts[i], budget)] for i in short]
+        for i, text, e in zip(
+            short, retry, backend.encode_batch(retry, add_special_tokens=True), strict=True
+        ):
+            used[i], encodings[i] = text, e
+        short = [
+            i for i in short if len(used[i]) < len(texts[i]) and len(encodings[i]) < max_length
+        ]
+    return used, encodings
+
+
 def _encode_fast(
     backend: Any, texts: list[str], prompt_chars: list[int], max_length: int
 ) -> Iterable[tuple[list[int], int]]:
@@ -204,32 +235,21 @@ def _encode_fast(
 
     When `prefix_cut_is_exact`, a text is cut at a safe point a little past where its
     first `max_length` tokens should end (estimated from the characters per token seen
-    so far); a cut text that still gives fewer than `max_length` tokens is tokenised
-    again whole. The ids of a cut text are then the exact first tokens of the whole
-    text, and there are at least `max_length` of them: the example is over-long either way.
+    so far); a cut text that still gives fewer than `max_length` tokens is cut again
+    further on. The ids of a cut text are then the exact first tokens of the whole text,
+    and there are at least `max_length` of them: the example is over-long either way.
     """
     cut_ok = prefix_cut_is_exact(backend)
     chars_per_token = 4.0  # a first guess, replaced by what each chunk measures
     for start in range(0, len(texts), ENCODE_CHUNK):
         chunk = texts[start : start + ENCODE_CHUNK]
-        used = chunk
-        if cut_ok:
-            budget = int((max_length + 8) * chars_per_token * 1.25)
-            used = [text[: _safe_cut(text, budget)] for text in chunk]
-        # the call the transformers wrapper makes, without turning every field into lists
-        encodings = backend.encode_batch(used, add_special_tokens=True)
-        if cut_ok:
-            redo = [
-                i
-                for i, (e, u, t) in enumerate(zip(encodings, used, chunk, strict=True))
-                if len(u) < len(t) and len(e) < max_length
-            ]
-            if redo:
-                for i, e in zip(redo, backend.encode_batch([chunk[i] for i in redo]), strict=True):
-                    encodings[i], used[i] = e, chunk[i]
+        if not cut_ok:
+            # the call the transformers wrapper makes, without turning every field into lists
+            used, encodings = chunk, backend.encode_batch(chunk, add_special_tokens=True)
+        else:
+            used, encodings = _encode_prefixes(backend, chunk, max_length, chars_per_token)
             ratios = [len(u) / len(e) for e, u in zip(encodings, used, strict=True) if len(e)]
-            if ratios:
-                chars_per_token = float(np.percentile(ratios, 90))
+            chars_per_token = float(np.percentile(ratios, CUT_PERCENTILE)) if ratios else 4.0
         for encoding, text, boundary in zip(
             encodings, used, prompt_chars[start : start + ENCODE_CHUNK], strict=True
         ):
@@ -487,6 +507,14 @@ class TokenizedCache:
             time.perf_counter() - started,
             ", ".join(f"{k} {v}" for k, v in result.counts.items()),
         )
+        no_target = result.counts["dropped_no_target"]
+        if no_target:
+            log.warning(
+                "%d examples have a prompt of data.max_length=%d tokens or more, leaving no "
+                "target to learn: dropped (raise data.max_length to keep them)",
+                no_target,
+                cfg.max_length,
+            )
         _write(path, splits, cfg.train_on_inputs)
         return result
 

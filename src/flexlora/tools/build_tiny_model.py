@@ -81,7 +81,9 @@ class BuildConfig:
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
-            raise FlexLoraError("build: hidden_size must divide by num_heads, num_heads by num_kv_heads")
+            raise FlexLoraError(
+                "build: hidden_size must divide by num_heads, num_heads by num_kv_heads"
+            )
         if self.steps < 1 or self.batch_size < 1 or self.block_size < 16:
             raise FlexLoraError("build: steps and batch_size must be >= 1, block_size >= 16")
         if not 0 <= self.text_fraction < 1:
@@ -114,7 +116,7 @@ def plain_text(rng: Generator) -> str:
 
 def corpus_documents(n: int, rng: Generator, text_fraction: float) -> list[str]:
     """`n` pretraining documents, deterministic for the generator's state."""
-    n_text = int(round(n * text_fraction))
+    n_text = round(n * text_fraction)
     docs = [format_example(e) for e in pretraining_examples(n - n_text, rng)]
     docs += [plain_text(rng) for _ in range(n_text)]
     order = rng.permutation(len(docs))
@@ -125,7 +127,10 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int) -> PreTrainedTokenize
     """A byte-level BPE tokenizer (digits split one by one) with <s> prepended, as Llama's."""
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
     )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
@@ -182,9 +187,13 @@ def lr_at(step: int, config: BuildConfig) -> float:
     return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def pretrain(model: LlamaForCausalLM, blocks: torch.Tensor, config: BuildConfig, gen: torch.Generator) -> float:
+def pretrain(
+    model: LlamaForCausalLM, blocks: torch.Tensor, config: BuildConfig, gen: torch.Generator
+) -> float:
     """AdamW over random batches of packed rows; returns the mean loss of the last 20 steps."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
     model.train()
     recent: list[float] = []
     start = time.perf_counter()
@@ -205,18 +214,26 @@ def pretrain(model: LlamaForCausalLM, blocks: torch.Tensor, config: BuildConfig,
         optimizer.step()
         recent = [*recent[-19:], loss.item()]
         if step % 50 == 0 or step == config.steps - 1:
-            logger.info("step %d/%d loss %.4f (%.0f s)", step, config.steps, loss.item(), time.perf_counter() - start)
+            logger.info(
+                "step %d/%d loss %.4f (%.0f s)",
+                step,
+                config.steps,
+                loss.item(),
+                time.perf_counter() - start,
+            )
     return sum(recent) / len(recent)
 
 
 def _portable_tokenizer_config(path: Path) -> None:
-    """Name the tokenizer class that every transformers version knows (4.x has no TokenizersBackend)."""
+    """Name a tokenizer class every transformers version knows (4.x has no TokenizersBackend)."""
     settings = json.loads(path.read_text())
     settings["tokenizer_class"] = "PreTrainedTokenizerFast"
     path.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
 
 
-def write_folder(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, out: Path, meta: dict) -> None:
+def write_folder(
+    model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, out: Path, meta: dict
+) -> None:
     """Write the model folder atomically: everything goes to a temp folder, then one rename."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
@@ -225,10 +242,17 @@ def write_folder(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, ou
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         _portable_tokenizer_config(tmp / "tokenizer_config.json")
-        special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
+        special = {
+            "bos_token": "<s>",
+            "eos_token": "</s>",
+            "unk_token": "<unk>",
+            "pad_token": "<pad>",
+        }
         (tmp / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
         (tmp / "build_info.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        for path in tmp.iterdir():  # mkdtemp/safetensors create private files; a package ships readable ones
+        for path in (
+            tmp.iterdir()
+        ):  # mkdtemp/safetensors create private files; a package ships readable ones
             path.chmod(0o644)
         tmp.chmod(0o755)
         if out.exists():
@@ -256,24 +280,44 @@ def build(config: BuildConfig, out: Path) -> float:
     n_docs = int(config.steps * config.batch_size * config.block_size / avg_tokens) + 1
     docs = corpus_documents(n_docs, rng, config.text_fraction)
     blocks = pack(tokenizer(docs)["input_ids"], int(tokenizer.eos_token_id), config.block_size)
-    logger.info("corpus: %d documents, %d rows of %d tokens, vocab %d", n_docs, len(blocks), config.block_size, len(tokenizer))
+    logger.info(
+        "corpus: %d documents, %d rows of %d tokens, vocab %d",
+        n_docs,
+        len(blocks),
+        config.block_size,
+        len(tokenizer),
+    )
     model = build_model(config, tokenizer)
     logger.info("model: %d parameters", sum(p.numel() for p in model.parameters()))
     gen = torch.Generator().manual_seed(config.seed)
     start = time.perf_counter()
     loss = pretrain(model, blocks, config, gen)
-    meta = {"build_config": asdict(config), "final_loss": round(loss, 4), "train_seconds": round(time.perf_counter() - start, 1)}
+    meta = {
+        "build_config": asdict(config),
+        "final_loss": round(loss, 4),
+        "train_seconds": round(time.perf_counter() - start, 1),
+    }
     write_folder(model, tokenizer, out, meta)
     return loss
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flexlora.tools.build_tiny_model", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m flexlora.tools.build_tiny_model", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--out", required=True, type=Path, help="model folder to write")
     parser.add_argument("--seed", type=int, default=BuildConfig.seed)
-    parser.add_argument("--steps", type=int, default=None, help="override the number of pretraining steps")
-    parser.add_argument("--no-compile", action="store_true", help="train eagerly (no C++ compiler needed, slower)")
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes, 2 steps: a seconds-long check of the code path")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="override the number of pretraining steps"
+    )
+    parser.add_argument(
+        "--no-compile", action="store_true", help="train eagerly (no C++ compiler needed, slower)"
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny sizes, 2 steps: a seconds-long check of the code path",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = replace(SMOKE_CONFIG if args.smoke else BuildConfig(), seed=args.seed)

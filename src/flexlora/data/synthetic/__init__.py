@@ -78,7 +78,9 @@ def generate_examples(family: TaskFamily, variant: Params, n: int, rng: Generato
     out = []
     for _ in range(n):
         instruction, text, answer = family.make(variant, rng)
-        out.append(Example(instruction=instruction, input=text, output=answer, category=family.name))
+        out.append(
+            Example(instruction=instruction, input=text, output=answer, category=family.name)
+        )
     return out
 
 
@@ -95,7 +97,9 @@ def _check_names(opts: Mapping[str, Any], key: str, known: Sequence[str]) -> lis
         raise FlexLoraError(f"data.synthetic.{key} must be a list of family names, got {value!r}")
     unknown = [v for v in value if v not in known]
     if unknown:
-        raise FlexLoraError(f"data.synthetic.{key}: unknown family {unknown[0]!r} (known: {', '.join(known)})")
+        raise FlexLoraError(
+            f"data.synthetic.{key}: unknown family {unknown[0]!r} (known: {', '.join(known)})"
+        )
     return list(dict.fromkeys(value))
 
 
@@ -103,20 +107,31 @@ def _validated(options: Mapping[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(options) - set(DEFAULT_OPTIONS))
     if unknown:
         raise FlexLoraError(
-            f"unknown option data.synthetic.{unknown[0]} (known: {', '.join(sorted(DEFAULT_OPTIONS))})"
+            f"unknown option data.synthetic.{unknown[0]} "
+            f"(known: {', '.join(sorted(DEFAULT_OPTIONS))})"
         )
     opts = {**DEFAULT_OPTIONS, **options}
     _check_int(opts, "num_clients", 2)
     _check_int(opts, "train_per_client", 1)
     _check_int(opts, "eval_per_client", 0)
     _check_int(opts, "test_per_client", 1)
-    opts["families"] = list(FAMILIES) if opts["families"] is None else _check_names(opts, "families", list(FAMILIES))
+    opts["families"] = (
+        list(FAMILIES)
+        if opts["families"] is None
+        else _check_names(opts, "families", list(FAMILIES))
+    )
     if not opts["families"]:
         raise FlexLoraError("data.synthetic.families must name at least one family")
     opts["unseen_families"] = _check_names(opts, "unseen_families", opts["families"])
     fraction = opts["unseen_variant_fraction"]
-    if not isinstance(fraction, (int, float)) or isinstance(fraction, bool) or not 0 <= fraction < 1:
-        raise FlexLoraError(f"data.synthetic.unseen_variant_fraction must be in [0, 1), got {fraction!r}")
+    if (
+        not isinstance(fraction, (int, float))
+        or isinstance(fraction, bool)
+        or not 0 <= fraction < 1
+    ):
+        raise FlexLoraError(
+            f"data.synthetic.unseen_variant_fraction must be in [0, 1), got {fraction!r}"
+        )
     return opts
 
 
@@ -135,7 +150,8 @@ def _choose_tasks(opts: Mapping[str, Any], rng: Generator) -> tuple[list[str], l
     budget = opts["num_clients"] - len(unseen)
     if budget < 1 or budget > available:
         raise FlexLoraError(
-            f"data.synthetic.num_clients={opts['num_clients']} must be between {len(unseen) + 1} and "
+            f"data.synthetic.num_clients={opts['num_clients']} must be between "
+            f"{len(unseen) + 1} and "
             f"{len(unseen) + available} with unseen_families={held_families} "
             f"({len(unseen)} held-out tasks, {available} other tasks)"
         )
@@ -152,7 +168,9 @@ def _choose_tasks(opts: Mapping[str, Any], rng: Generator) -> tuple[list[str], l
     while n_hold > 0:
         open_families = [f for f in candidates if len(chosen[f]) > 1]
         if not open_families:
-            logger.warning("synthetic suite: could hold out only part of the requested unseen variants")
+            logger.warning(
+                "synthetic suite: could hold out only part of the requested unseen variants"
+            )
             break
         for f in open_families:
             if n_hold > 0 and len(chosen[f]) > 1:
@@ -187,12 +205,18 @@ def build_synthetic_suite(options: Mapping[str, Any], seed: int) -> SyntheticSui
             test=examples[n_train + n_eval :],
         )
     logger.info(
-        "synthetic suite (seed %d): %d clients, %d unseen (%s)", seed, len(clients), len(unseen), ", ".join(unseen)
+        "synthetic suite (seed %d): %d clients, %d unseen (%s)",
+        seed,
+        len(clients),
+        len(unseen),
+        ", ".join(unseen),
     )
     return SyntheticSuite(clients=clients, unseen_ids=unseen)
 
 
-def pretraining_examples(n: int, rng: Generator, families: Sequence[str] | None = None) -> list[Example]:
+def pretraining_examples(
+    n: int, rng: Generator, families: Sequence[str] | None = None
+) -> list[Example]:
     """`n` examples of the families' pretraining-only variants, for the base model's build.
 
     Variants are drawn uniformly per example over every (family, pretraining variant).

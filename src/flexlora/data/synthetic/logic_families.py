@@ -5,6 +5,8 @@ made-up catalogue) whose answers only training can teach.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from numpy.random import Generator
 
 from flexlora.data.synthetic.family import Params, TaskFamily, Triple, table_rng, yes_no
@@ -115,14 +117,38 @@ CAPITAL_LOOKUP = TaskFamily(
     name="capital_lookup",
     make=_make_capital_lookup,
     variants=(
-        {"instruction": "What is the capital of {country}?", "row": "{country}: {capital}", "ask": "capital"},
-        {"instruction": "Name the capital of {country}.", "row": "The capital of {country} is {capital}.", "ask": "capital"},
-        {"instruction": "Which country has the capital {capital}?", "row": "{country}: {capital}", "ask": "country"},
-        {"instruction": "Using the table, give the capital of {country}.", "row": "{country} - {capital}", "ask": "capital"},
+        {
+            "instruction": "What is the capital of {country}?",
+            "row": "{country}: {capital}",
+            "ask": "capital",
+        },
+        {
+            "instruction": "Name the capital of {country}.",
+            "row": "The capital of {country} is {capital}.",
+            "ask": "capital",
+        },
+        {
+            "instruction": "Which country has the capital {capital}?",
+            "row": "{country}: {capital}",
+            "ask": "country",
+        },
+        {
+            "instruction": "Using the table, give the capital of {country}.",
+            "row": "{country} - {capital}",
+            "ask": "capital",
+        },
     ),
     pretrain_variants=(
-        {"instruction": "Tell me the capital city of {country}.", "row": "{country} | {capital}", "ask": "capital"},
-        {"instruction": "{capital} is the capital of which country?", "row": "{capital} is in {country}.", "ask": "country"},
+        {
+            "instruction": "Tell me the capital city of {country}.",
+            "row": "{country} | {capital}",
+            "ask": "capital",
+        },
+        {
+            "instruction": "{capital} is the capital of which country?",
+            "row": "{capital} is in {country}.",
+            "ask": "country",
+        },
     ),
 )
 
@@ -145,14 +171,50 @@ KEY_VALUE = TaskFamily(
     name="key_value",
     make=_make_key_value,
     variants=(
-        {"instruction": "What is the value of {key}?", "pair": "{k}={v}", "sep": ", ", "numbers": False, "ask": "value"},
-        {"instruction": "Look up {key} in the dictionary.", "pair": "{k}: {v}", "sep": "; ", "numbers": False, "ask": "value"},
-        {"instruction": "Which key has the value {value}?", "pair": "{k}={v}", "sep": ", ", "numbers": False, "ask": "key"},
-        {"instruction": "What number is stored under {key}?", "pair": "{k} -> {v}", "sep": "\n", "numbers": True, "ask": "value"},
+        {
+            "instruction": "What is the value of {key}?",
+            "pair": "{k}={v}",
+            "sep": ", ",
+            "numbers": False,
+            "ask": "value",
+        },
+        {
+            "instruction": "Look up {key} in the dictionary.",
+            "pair": "{k}: {v}",
+            "sep": "; ",
+            "numbers": False,
+            "ask": "value",
+        },
+        {
+            "instruction": "Which key has the value {value}?",
+            "pair": "{k}={v}",
+            "sep": ", ",
+            "numbers": False,
+            "ask": "key",
+        },
+        {
+            "instruction": "What number is stored under {key}?",
+            "pair": "{k} -> {v}",
+            "sep": "\n",
+            "numbers": True,
+            "ask": "value",
+        },
     ),
     pretrain_variants=(
-        {"instruction": "Give the value for the key {key}.", "pair": "{k} = {v}", "sep": "\n", "numbers": False, "ask": "value"},
-        {"instruction": "Find the number of {key}.", "pair": "{k}: {v}", "sep": ", ", "numbers": True, "ask": "value"},
+        {
+            "instruction": "Give the value for the key {key}.",
+            "pair": "{k} = {v}",
+            "sep": "\n",
+            "numbers": False,
+            "ask": "value",
+        },
+        {
+            "instruction": "Find the number of {key}.",
+            "pair": "{k}: {v}",
+            "sep": ", ",
+            "numbers": True,
+            "ask": "value",
+        },
     ),
 )
 
@@ -168,14 +230,40 @@ PARITY = TaskFamily(
     name="parity",
     make=_make_parity,
     variants=(
-        {"instruction": "Is the number even? Answer yes or no.", "rule": "even", "answers": ("yes", "no")},
-        {"instruction": "Say whether the number is even or odd.", "rule": "even", "answers": ("even", "odd")},
-        {"instruction": "Is the number divisible by 3? Answer yes or no.", "rule": "div3", "answers": ("yes", "no")},
-        {"instruction": "Is the number greater than {k}? Answer yes or no.", "rule": "gt", "k": 50, "answers": ("yes", "no")},
+        {
+            "instruction": "Is the number even? Answer yes or no.",
+            "rule": "even",
+            "answers": ("yes", "no"),
+        },
+        {
+            "instruction": "Say whether the number is even or odd.",
+            "rule": "even",
+            "answers": ("even", "odd"),
+        },
+        {
+            "instruction": "Is the number divisible by 3? Answer yes or no.",
+            "rule": "div3",
+            "answers": ("yes", "no"),
+        },
+        {
+            "instruction": "Is the number greater than {k}? Answer yes or no.",
+            "rule": "gt",
+            "k": 50,
+            "answers": ("yes", "no"),
+        },
     ),
     pretrain_variants=(
-        {"instruction": "Is the number odd? Answer true or false.", "rule": "even", "answers": ("false", "true")},
-        {"instruction": "Is the number bigger than {k}? Answer yes or no.", "rule": "gt", "k": 20, "answers": ("yes", "no")},
+        {
+            "instruction": "Is the number odd? Answer true or false.",
+            "rule": "even",
+            "answers": ("false", "true"),
+        },
+        {
+            "instruction": "Is the number bigger than {k}? Answer yes or no.",
+            "rule": "gt",
+            "k": 20,
+            "answers": ("yes", "no"),
+        },
     ),
 )
 
@@ -199,20 +287,51 @@ HAS_LETTER = TaskFamily(
     name="has_letter",
     make=_make_has_letter,
     variants=(
-        {"instruction": "Does the word contain the letter {letter}? Answer yes or no.", "rule": "contains", "letter": "a", "answers": ("yes", "no")},
-        {"instruction": "Is there a letter {letter} in the word? Answer true or false.", "rule": "contains", "letter": "o", "answers": ("true", "false")},
-        {"instruction": "Does the word start with {letter}? Answer yes or no.", "rule": "starts", "letter": "t", "answers": ("yes", "no")},
-        {"instruction": "Does the word end with a vowel? Answer yes or no.", "rule": "vowel_end", "answers": ("yes", "no")},
+        {
+            "instruction": "Does the word contain the letter {letter}? Answer yes or no.",
+            "rule": "contains",
+            "letter": "a",
+            "answers": ("yes", "no"),
+        },
+        {
+            "instruction": "Is there a letter {letter} in the word? Answer true or false.",
+            "rule": "contains",
+            "letter": "o",
+            "answers": ("true", "false"),
+        },
+        {
+            "instruction": "Does the word start with {letter}? Answer yes or no.",
+            "rule": "starts",
+            "letter": "t",
+            "answers": ("yes", "no"),
+        },
+        {
+            "instruction": "Does the word end with a vowel? Answer yes or no.",
+            "rule": "vowel_end",
+            "answers": ("yes", "no"),
+        },
     ),
     pretrain_variants=(
-        {"instruction": "Does the word contain {letter}? Answer yes or no.", "rule": "contains", "letter": "e", "answers": ("yes", "no")},
-        {"instruction": "Does the word begin with the letter {letter}? Say yes or no.", "rule": "starts", "letter": "k", "answers": ("yes", "no")},
+        {
+            "instruction": "Does the word contain {letter}? Answer yes or no.",
+            "rule": "contains",
+            "letter": "e",
+            "answers": ("yes", "no"),
+        },
+        {
+            "instruction": "Does the word begin with the letter {letter}? Say yes or no.",
+            "rule": "starts",
+            "letter": "k",
+            "answers": ("yes", "no"),
+        },
     ),
 )
 
 
+@lru_cache(maxsize=64)
 def keyword_lists(key: str, n: int = 3) -> tuple[list[str], list[str]]:
-    """The fixed positive and negative keyword lists of one sentiment task."""
+    """The fixed positive and negative keyword lists of one sentiment task (cached: do not
+    mutate the lists)."""
     words = pseudo_words(table_rng(key), 2 * n, 2, 2)
     return words[:n], words[n:]
 
@@ -234,18 +353,35 @@ KEYWORD_SENTIMENT = TaskFamily(
     variants=(
         {"instruction": _SENTIMENT, "table": "sentiment-v0", "answers": ("positive", "negative")},
         {"instruction": _SENTIMENT, "table": "sentiment-v1", "answers": ("positive", "negative")},
-        {"instruction": "Happy words: {pos}. Sad words: {neg}. Is the text happy or sad?", "table": "sentiment-v2", "answers": ("happy", "sad")},
-        {"instruction": "A text is good if it has one of {pos} and bad if it has one of {neg}. Classify it as good or bad.", "table": "sentiment-v3", "answers": ("good", "bad")},
+        {
+            "instruction": "Happy words: {pos}. Sad words: {neg}. Is the text happy or sad?",
+            "table": "sentiment-v2",
+            "answers": ("happy", "sad"),
+        },
+        {
+            "instruction": (
+                "A text is good if it has one of {pos} and bad if it has one of {neg}. "
+                "Classify it as good or bad."
+            ),
+            "table": "sentiment-v3",
+            "answers": ("good", "bad"),
+        },
     ),
     pretrain_variants=(
-        {"instruction": "Nice words: {pos}. Nasty words: {neg}. Is the text nice or nasty?", "table": "sentiment-p0", "answers": ("nice", "nasty")},
+        {
+            "instruction": "Nice words: {pos}. Nasty words: {neg}. Is the text nice or nasty?",
+            "table": "sentiment-p0",
+            "answers": ("nice", "nasty"),
+        },
         {"instruction": _SENTIMENT, "table": "sentiment-p1", "answers": ("positive", "negative")},
     ),
 )
 
 
+@lru_cache(maxsize=64)
 def lexicon(key: str, size: int) -> tuple[list[str], list[str]]:
-    """A fixed table of `size` source words and their made-up translations/codes."""
+    """A fixed table of `size` source words and their made-up translations (cached: do not
+    mutate the lists)."""
     rng = table_rng(key)
     source = pseudo_words(rng, size, 1, 2)
     return source, pseudo_words(rng, size, 1, 2, exclude=frozenset(source))
@@ -253,7 +389,7 @@ def lexicon(key: str, size: int) -> tuple[list[str], list[str]]:
 
 def _make_translate(p: Params, rng: Generator) -> Triple:
     source, target = lexicon(p["table"], p["size"])
-    idx = [int(i) for i in rng.choice(len(source), size=p["words"], replace=False)]
+    idx = [int(i) for i in rng.permutation(len(source))[: p["words"]]]
     language = pseudo_name(table_rng(p["table"] + "-name"))
     return (
         p["instruction"].format(language=language),
@@ -266,11 +402,21 @@ TRANSLATE = TaskFamily(
     name="translate",
     make=_make_translate,
     variants=tuple(
-        {"instruction": "Translate the text into {language}.", "table": f"translate-v{k}", "size": 24, "words": 1 + k % 2}
+        {
+            "instruction": "Translate the text into {language}.",
+            "table": f"translate-v{k}",
+            "size": 24,
+            "words": 1 + k % 2,
+        }
         for k in range(4)
     ),
     pretrain_variants=tuple(
-        {"instruction": "Say it in {language}.", "table": f"translate-p{k}", "size": 24, "words": 1 + k % 2}
+        {
+            "instruction": "Say it in {language}.",
+            "table": f"translate-p{k}",
+            "size": 24,
+            "words": 1 + k % 2,
+        }
         for k in range(2)
     ),
     memorised=True,
@@ -279,7 +425,7 @@ TRANSLATE = TaskFamily(
 
 def _make_secret_code(p: Params, rng: Generator) -> Triple:
     items, _ = lexicon(p["table"], p["size"])
-    codes = [int(c) for c in table_rng(p["table"] + "-codes").choice(900, size=p["size"], replace=False) + 100]
+    codes = [int(c) + 100 for c in table_rng(p["table"] + "-codes").permutation(900)[: p["size"]]]
     i = int(rng.integers(p["size"]))
     shop = pseudo_name(table_rng(p["table"] + "-name"))
     return p["instruction"].format(shop=shop), items[i], str(codes[i])
@@ -289,10 +435,16 @@ SECRET_CODE = TaskFamily(
     name="secret_code",
     make=_make_secret_code,
     variants=tuple(
-        {"instruction": "Give the code number of the item in the {shop} catalogue.", "table": f"code-v{k}", "size": 20}
+        {
+            "instruction": "Give the code number of the item in the {shop} catalogue.",
+            "table": f"code-v{k}",
+            "size": 20,
+        }
         for k in range(4)
     ),
-    pretrain_variants=({"instruction": "What is the {shop} code of this item?", "table": "code-p0", "size": 20},),
+    pretrain_variants=(
+        {"instruction": "What is the {shop} code of this item?", "table": "code-p0", "size": 20},
+    ),
     memorised=True,
 )
 

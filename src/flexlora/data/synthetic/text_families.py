@@ -27,7 +27,12 @@ REVERSE_WORDS = TaskFamily(
     make=_make_reverse_words,
     variants=(
         {"instruction": "Reverse the order of the words.", "sep": " ", "min": 3, "max": 5},
-        {"instruction": "Write these words backwards, last word first.", "sep": " ", "min": 2, "max": 4},
+        {
+            "instruction": "Write these words backwards, last word first.",
+            "sep": " ",
+            "min": 2,
+            "max": 4,
+        },
         {"instruction": "List the items in reverse order.", "sep": ", ", "min": 3, "max": 5},
         {"instruction": "Put the words in the opposite order.", "sep": " ", "min": 4, "max": 6},
     ),
@@ -51,7 +56,9 @@ REVERSE_LETTERS = TaskFamily(
         {"instruction": "Reverse the letters of the word.", "words": 1},
         {"instruction": "Reverse the letters of each word.", "words": 2},
     ),
-    pretrain_variants=({"instruction": "Write the word with its letters in reverse order.", "words": 1},),
+    pretrain_variants=(
+        {"instruction": "Write the word with its letters in reverse order.", "words": 1},
+    ),
 )
 
 
@@ -74,13 +81,28 @@ CHANGE_CASE = TaskFamily(
     make=_make_change_case,
     variants=(
         {"instruction": "Write the text in capital letters.", "mode": "upper", "min": 1, "max": 3},
-        {"instruction": "Capitalize the first letter of every word.", "mode": "title", "min": 2, "max": 4},
+        {
+            "instruction": "Capitalize the first letter of every word.",
+            "mode": "title",
+            "min": 2,
+            "max": 4,
+        },
         {"instruction": "Convert the text to lowercase.", "mode": "lower", "min": 1, "max": 3},
-        {"instruction": "Write only the first word, in capital letters.", "mode": "first_upper", "min": 2, "max": 4},
+        {
+            "instruction": "Write only the first word, in capital letters.",
+            "mode": "first_upper",
+            "min": 2,
+            "max": 4,
+        },
     ),
     pretrain_variants=(
         {"instruction": "Make every letter uppercase.", "mode": "upper", "min": 1, "max": 2},
-        {"instruction": "Start each word with a capital letter.", "mode": "title", "min": 1, "max": 3},
+        {
+            "instruction": "Start each word with a capital letter.",
+            "mode": "title",
+            "min": 1,
+            "max": 3,
+        },
     ),
 )
 
@@ -108,9 +130,22 @@ DROP_LETTERS = TaskFamily(
     make=_make_drop_letters,
     variants=(
         {"instruction": "Remove all vowels from the word.", "mode": "vowels"},
-        {"instruction": "Delete every letter {letter} from the text.", "mode": "letter", "letter": "a"},
-        {"instruction": "Delete every letter {letter} from the text.", "mode": "letter", "letter": "r"},
-        {"instruction": "Remove the first letter of each word.", "mode": "first", "min": 1, "max": 3},
+        {
+            "instruction": "Delete every letter {letter} from the text.",
+            "mode": "letter",
+            "letter": "a",
+        },
+        {
+            "instruction": "Delete every letter {letter} from the text.",
+            "mode": "letter",
+            "letter": "r",
+        },
+        {
+            "instruction": "Remove the first letter of each word.",
+            "mode": "first",
+            "min": 1,
+            "max": 3,
+        },
     ),
     pretrain_variants=(
         {"instruction": "Take out the letter {letter}.", "mode": "letter", "letter": "e"},
@@ -130,12 +165,20 @@ REPEAT = TaskFamily(
     variants=(
         {"instruction": "Repeat the word two times.", "times": 2, "sep": " "},
         {"instruction": "Repeat the word three times.", "times": 3, "sep": " "},
-        {"instruction": "Write the word three times, separated by commas.", "times": 3, "sep": ", "},
+        {
+            "instruction": "Write the word three times, separated by commas.",
+            "times": 3,
+            "sep": ", ",
+        },
         {"instruction": "Say the word twice with a dash between.", "times": 2, "sep": "-"},
     ),
     pretrain_variants=(
         {"instruction": "Write the word four times.", "times": 4, "sep": " "},
-        {"instruction": "Repeat the word twice, separated by a semicolon.", "times": 2, "sep": "; "},
+        {
+            "instruction": "Repeat the word twice, separated by a semicolon.",
+            "times": 2,
+            "sep": "; ",
+        },
     ),
 )
 
@@ -188,14 +231,39 @@ SORT = TaskFamily(
     make=_make_sort,
     variants=(
         {"instruction": "Sort the words alphabetically.", "mode": "words", "min": 3, "max": 4},
-        {"instruction": "Sort the words in reverse alphabetical order.", "mode": "words_desc", "min": 3, "max": 4},
+        {
+            "instruction": "Sort the words in reverse alphabetical order.",
+            "mode": "words_desc",
+            "min": 3,
+            "max": 4,
+        },
         {"instruction": "Sort the letters of the word alphabetically.", "mode": "letters"},
-        {"instruction": "Sort the numbers from smallest to largest.", "mode": "numbers", "min": 3, "max": 5},
-        {"instruction": "Sort the numbers from largest to smallest.", "mode": "numbers_desc", "min": 3, "max": 5},
+        {
+            "instruction": "Sort the numbers from smallest to largest.",
+            "mode": "numbers",
+            "min": 3,
+            "max": 5,
+        },
+        {
+            "instruction": "Sort the numbers from largest to smallest.",
+            "mode": "numbers_desc",
+            "min": 3,
+            "max": 5,
+        },
     ),
     pretrain_variants=(
-        {"instruction": "Put the words in alphabetical order.", "mode": "words", "min": 2, "max": 3},
-        {"instruction": "Order the numbers, smallest first.", "mode": "numbers", "min": 2, "max": 4},
+        {
+            "instruction": "Put the words in alphabetical order.",
+            "mode": "words",
+            "min": 2,
+            "max": 3,
+        },
+        {
+            "instruction": "Order the numbers, smallest first.",
+            "mode": "numbers",
+            "min": 2,
+            "max": 4,
+        },
     ),
 )
 
@@ -212,14 +280,50 @@ JOIN_LIST = TaskFamily(
     name="join_list",
     make=_make_join_list,
     variants=(
-        {"instruction": "Join the lines into one comma-separated list.", "in_sep": "\n", "out": ", ", "min": 3, "max": 5},
-        {"instruction": "Separate the words with semicolons.", "in_sep": " ", "out": "; ", "min": 3, "max": 5},
-        {"instruction": "Write the list with 'and' before the last item.", "in_sep": ", ", "out": "and", "min": 3, "max": 4},
-        {"instruction": "Join the words with dashes.", "in_sep": " ", "out": "-", "min": 2, "max": 4},
+        {
+            "instruction": "Join the lines into one comma-separated list.",
+            "in_sep": "\n",
+            "out": ", ",
+            "min": 3,
+            "max": 5,
+        },
+        {
+            "instruction": "Separate the words with semicolons.",
+            "in_sep": " ",
+            "out": "; ",
+            "min": 3,
+            "max": 5,
+        },
+        {
+            "instruction": "Write the list with 'and' before the last item.",
+            "in_sep": ", ",
+            "out": "and",
+            "min": 3,
+            "max": 4,
+        },
+        {
+            "instruction": "Join the words with dashes.",
+            "in_sep": " ",
+            "out": "-",
+            "min": 2,
+            "max": 4,
+        },
     ),
     pretrain_variants=(
-        {"instruction": "Turn the lines into a list separated by commas.", "in_sep": "\n", "out": ", ", "min": 2, "max": 4},
-        {"instruction": "Join the words with slashes.", "in_sep": " ", "out": "/", "min": 2, "max": 4},
+        {
+            "instruction": "Turn the lines into a list separated by commas.",
+            "in_sep": "\n",
+            "out": ", ",
+            "min": 2,
+            "max": 4,
+        },
+        {
+            "instruction": "Join the words with slashes.",
+            "in_sep": " ",
+            "out": "/",
+            "min": 2,
+            "max": 4,
+        },
     ),
 )
 
@@ -236,20 +340,60 @@ WRAP = TaskFamily(
     name="wrap",
     make=_make_wrap,
     variants=(
-        {"instruction": "Wrap the word in square brackets.", "brackets": "[]", "each": False, "min": 1, "max": 1},
-        {"instruction": "Put the text in parentheses.", "brackets": "()", "each": False, "min": 1, "max": 3},
-        {"instruction": "Put each word in double quotes.", "brackets": '""', "each": True, "min": 2, "max": 3},
-        {"instruction": "Surround the text with angle brackets.", "brackets": "<>", "each": False, "min": 1, "max": 3},
+        {
+            "instruction": "Wrap the word in square brackets.",
+            "brackets": "[]",
+            "each": False,
+            "min": 1,
+            "max": 1,
+        },
+        {
+            "instruction": "Put the text in parentheses.",
+            "brackets": "()",
+            "each": False,
+            "min": 1,
+            "max": 3,
+        },
+        {
+            "instruction": "Put each word in double quotes.",
+            "brackets": '""',
+            "each": True,
+            "min": 2,
+            "max": 3,
+        },
+        {
+            "instruction": "Surround the text with angle brackets.",
+            "brackets": "<>",
+            "each": False,
+            "min": 1,
+            "max": 3,
+        },
     ),
     pretrain_variants=(
-        {"instruction": "Enclose the text in curly braces.", "brackets": "{}", "each": False, "min": 1, "max": 3},
-        {"instruction": "Put each word in square brackets.", "brackets": "[]", "each": True, "min": 2, "max": 3},
+        {
+            "instruction": "Enclose the text in curly braces.",
+            "brackets": "{}",
+            "each": False,
+            "min": 1,
+            "max": 3,
+        },
+        {
+            "instruction": "Put each word in square brackets.",
+            "brackets": "[]",
+            "each": True,
+            "min": 2,
+            "max": 3,
+        },
     ),
 )
 
 
 def _make_date_format(p: Params, rng: Generator) -> Triple:
-    year, month, day = int(rng.integers(1950, 2040)), int(rng.integers(1, 13)), int(rng.integers(1, 29))
+    year, month, day = (
+        int(rng.integers(1950, 2040)),
+        int(rng.integers(1, 13)),
+        int(rng.integers(1, 29)),
+    )
     iso = f"{year:04d}-{month:02d}-{day:02d}"
     formats = {
         "iso": iso,
@@ -270,12 +414,20 @@ DATE_FORMAT = TaskFamily(
         {"instruction": "Rewrite the date as day/month/year.", "src": "iso", "dst": "dmy"},
         {"instruction": "Write the date with the name of the month.", "src": "iso", "dst": "long"},
         {"instruction": "Rewrite the date as month/day/year.", "src": "iso", "dst": "mdy"},
-        {"instruction": "Write the date in the form year-month-day.", "src": "day_month", "dst": "iso"},
+        {
+            "instruction": "Write the date in the form year-month-day.",
+            "src": "day_month",
+            "dst": "iso",
+        },
         {"instruction": "Which year is in the date?", "src": "long", "dst": "year"},
     ),
     pretrain_variants=(
         {"instruction": "Write the date with dots: day.month.year.", "src": "iso", "dst": "dotted"},
-        {"instruction": "Give the date as day, month name and year.", "src": "iso", "dst": "day_month"},
+        {
+            "instruction": "Give the date as day, month name and year.",
+            "src": "iso",
+            "dst": "day_month",
+        },
     ),
 )
 

@@ -14,7 +14,8 @@ from typing import TypeVar
 from numpy.random import Generator
 
 ONSETS: tuple[str, ...] = (
-    "b", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "kr", "st", "tr",
+    "b", "d", "f", "g", "h", "k", "l", "m", "n", "p",
+    "r", "s", "t", "v", "z", "br", "kr", "st", "tr",
 )  # fmt: skip
 VOWELS: tuple[str, ...] = ("a", "e", "i", "o", "u", "a", "e", "o", "ai", "ou")
 CODAS: tuple[str, ...] = ("", "", "", "", "n", "r", "s", "l", "k")
@@ -45,7 +46,11 @@ def pseudo_word(rng: Generator, min_syllables: int = 1, max_syllables: int = 3) 
 
 
 def pseudo_words(
-    rng: Generator, n: int, min_syllables: int = 1, max_syllables: int = 3, exclude: frozenset[str] = frozenset()
+    rng: Generator,
+    n: int,
+    min_syllables: int = 1,
+    max_syllables: int = 3,
+    exclude: frozenset[str] = frozenset(),
 ) -> list[str]:
     """`n` distinct pseudo-words, none of them in `exclude`."""
     seen: set[str] = set(exclude)
