@@ -19,8 +19,9 @@ Cases:
 Peak memory: each approach re-runs in a subprocess that builds the clients, resets its
 peak RSS (/proc/self/clear_refs), runs the approach once and reports peak RSS (VmHWM)
 minus RSS before: the approach's own working memory, the clients' factors excluded. The
-reference runs on the `--ref-modules` largest modules. (ru_maxrss would carry the parent's
-peak into the child across fork + exec.) On CUDA, torch.cuda.max_memory_allocated.
+measurement runs both on the same `--ref-modules` largest modules. (ru_maxrss would carry
+the parent's peak into the child across fork + exec.) On CUDA,
+torch.cuda.max_memory_allocated for ours.
 
 Example (what docs/benchmarks/aggregation.md reports):
     .venv/bin/python benchmarks/aggregation.py --case a b --ref-modules 2 --repeat 3
@@ -36,14 +37,16 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
 
-from flexlora.aggregation import TargetSpec, get_method
+from flexlora.aggregation import AggregationResult, TargetSpec, get_method
 from flexlora.lora import LoraFactors, lora_scaling
+from flexlora.svd import factored_svd
 
 LLAMA_7B_ATTENTION = {"q_proj": (4096, 4096), "v_proj": (4096, 4096)}
 DJ_1B3_LAYER = {
@@ -62,7 +65,8 @@ HEAVY_TAIL_LIGHT = [0.80, 0.05, 0.05, 0.10]
 ALPHA = 16.0
 
 Clients = list[dict[str, LoraFactors]]
-Targets = dict[int, TargetSpec]
+# Hashable keys: Mapping is invariant in its key type, so dict[int, ...] would not match.
+Targets = dict[Hashable, TargetSpec]
 
 
 @dataclass
@@ -132,7 +136,7 @@ def build_case(
         for k, (B, A) in enumerate(client_factors(shape, ranks, spectrum, g, device)):
             clients[k][module] = LoraFactors(B, A, lora_scaling(ALPHA, ranks[k]))
     weights = [float(n) for n in rng.integers(100, 1001, size=n_clients)]
-    targets = {
+    targets: Targets = {
         k: TargetSpec(
             {m: f.rank for m, f in client.items()},
             {m: f.scaling for m, f in client.items()},
@@ -143,7 +147,7 @@ def build_case(
 
 
 def case_a(layers: int, spectrum: str, seed: int, device: str) -> Case:
-    ranks = [int(round(r)) for r in np.linspace(4, 64, 10)]
+    ranks = [int(r) for r in np.rint(np.linspace(4, 64, 10))]
     shapes = {
         f"layers.{i}.self_attn.{m}": s for i in range(layers) for m, s in LLAMA_7B_ATTENTION.items()
     }
@@ -168,7 +172,7 @@ def case_b(layers: int, n_clients: int, spectrum: str, seed: int, device: str) -
 def reference(case: Case, modules: list[str]) -> dict[str, tuple[torch.Tensor, ...]]:
     """The authors' way on the CPU: dense weighted sum, full SVD, truncation per client."""
     total = sum(case.weights)
-    results = {}
+    results: dict[str, tuple[torch.Tensor, ...]] = {}
     for module in modules:
         dW = None
         for client, n in zip(case.clients, case.weights, strict=True):
@@ -177,16 +181,16 @@ def reference(case: Case, modules: list[str]) -> dict[str, tuple[torch.Tensor, .
             dW = term if dW is None else dW + term
         assert dW is not None
         U, S, Vh = torch.linalg.svd(dW, full_matrices=False)
-        for key, spec in case.targets.items():
+        for spec in case.targets.values():
             r, s = spec.ranks[module], spec.scalings[module]
-            _ = (U[:, :r] * (S[:r] / s), Vh[:r])  # what client `key` receives
+            _ = (U[:, :r] * (S[:r] / s), Vh[:r])  # what that client receives
         results[module] = (U, S, Vh)
     return results
 
 
-def ours(case: Case, modules: list[str], options: dict[str, object]) -> object:
+def ours(case: Case, modules: list[str], options: dict[str, object]) -> AggregationResult:
     clients = [{m: c[m] for m in modules} for c in case.clients]
-    targets = {
+    targets: Targets = {
         k: TargetSpec({m: t.ranks[m] for m in modules}, {m: t.scalings[m] for m in modules})
         for k, t in case.targets.items()
     }
@@ -196,13 +200,23 @@ def ours(case: Case, modules: list[str], options: dict[str, object]) -> object:
     return result
 
 
-def best_time(fn: Callable[[], object], repeat: int) -> tuple[float, object]:
-    best, value = math.inf, None
-    for _ in range(repeat):
+def path_of(result: AggregationResult, module: str) -> str:
+    return str(result.diagnostics["svd_mode"][module])
+
+
+T = TypeVar("T")
+
+
+def best_time(fn: Callable[[], T], repeat: int) -> tuple[float, T]:
+    """The best wall time of `repeat` >= 1 calls, and the last call's value."""
+    best = math.inf
+    for _ in range(repeat - 1):
         start = time.perf_counter()
-        value = fn()
+        fn()
         best = min(best, time.perf_counter() - start)
-    return best, value
+    start = time.perf_counter()
+    value = fn()
+    return min(best, time.perf_counter() - start), value
 
 
 # --- accuracy ---------------------------------------------------------------------------
@@ -210,8 +224,6 @@ def best_time(fn: Callable[[], object], repeat: int) -> tuple[float, object]:
 
 def exact_truncations_f64(case: Case, module: str, ranks: set[int]) -> dict[int, torch.Tensor]:
     """T_r(dW) in float64 for each rank, via the exact factored SVD in float64."""
-    from flexlora.svd import factored_svd
-
     total = sum(case.weights)
     Bs = [
         (n / total) * c[module].scaling * c[module].B.double().cpu()
@@ -229,13 +241,17 @@ def relative_error(f: LoraFactors, exact: torch.Tensor) -> float:
 
 
 def max_error_vs(
-    case: Case, result: object, modules: list[str], exact: Callable[[str], dict[int, torch.Tensor]]
+    case: Case,
+    result: AggregationResult,
+    modules: list[str],
+    exact: Callable[[str], dict[int, torch.Tensor]],
 ) -> float:
     worst = 0.0
     for module in modules:
         truncations = exact(module)
         for key, spec in case.targets.items():
-            f = result.client_factors[key][module]  # type: ignore[attr-defined]
+            assert result.client_factors is not None  # flexlora always returns them
+            f = result.client_factors[key][module]
             worst = max(worst, relative_error(f, truncations[spec.ranks[module]]))
     return worst
 
@@ -279,9 +295,10 @@ def measure_child(args: argparse.Namespace) -> None:
     """Run one approach once and print {"peak_bytes": ...} as JSON (internal)."""
     case = make_case(args, args.child_case)
     modules = list(case.shapes)
-    if args.child_approach == "reference":  # the largest modules bound the peak
-        by_size = sorted(modules, key=lambda m: -case.shapes[m][0] * case.shapes[m][1])
-        modules = by_size[: args.ref_modules]
+    # Both approaches on the same `--ref-modules` largest modules (which bound the peak);
+    # the peak includes what each returns.
+    by_size = sorted(modules, key=lambda m: -case.shapes[m][0] * case.shapes[m][1])
+    modules = by_size[: args.ref_modules]
     if args.device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -323,102 +340,99 @@ def make_case(args: argparse.Namespace, name: str) -> Case:
 # --- the runs ----------------------------------------------------------------------------
 
 
+def relative_difference(got: torch.Tensor, exact: torch.Tensor) -> float:
+    return float(torch.linalg.matrix_norm(got - exact) / torch.linalg.matrix_norm(exact))
+
+
 def run_case_a(args: argparse.Namespace) -> None:
     case = make_case(args, "a")
     modules = list(case.shapes)
     ref_modules = modules[: args.ref_modules]
-    print(f"\n(a) LLaMA-7B q,v of {args.layers} layers: {len(modules)} modules 4096x4096, "
-          f"10 clients, ranks {[f.rank for f in (c[modules[0]] for c in case.clients)]}, "
-          f"spectrum={args.spectrum}")  # fmt: skip
+    client_ranks = [c[modules[0]].rank for c in case.clients]
+    print(
+        f"\n(a) LLaMA-7B q,v of {args.layers} layers: {len(modules)} modules 4096x4096, "
+        f"10 clients, ranks {client_ranks}, spectrum={args.spectrum}"
+    )
     ours(case, modules[:1], {"dtype": args.dtype})  # warm-up
     t_ours, res = best_time(lambda: ours(case, modules, {"dtype": args.dtype}), args.repeat)
     t_ours64, res64 = best_time(lambda: ours(case, modules, {"dtype": "float64"}), 1)
     t_ref, ref = best_time(lambda: reference(case, ref_modules), 1)
     t_ref_all = t_ref * len(modules) / len(ref_modules)
-    ranks = {f.rank for c in case.clients for f in c.values()}
+    ranks = set(client_ranks)
     f64 = {m: exact_truncations_f64(case, m, ranks) for m in ref_modules}
-    err32 = max_error_vs(case, res, ref_modules, f64.__getitem__)
-    err64 = max_error_vs(case, res64, ref_modules, f64.__getitem__)
-    err_ref = 0.0
-    for m in ref_modules:
-        truncs = reference_truncations(ref, m, ranks)
-        err_ref = max(
-            err_ref,
-            max(
-                float(
-                    torch.linalg.matrix_norm(truncs[r] - f64[m][r])
-                    / torch.linalg.matrix_norm(f64[m][r])
-                )
-                for r in ranks
-            ),
-        )
+    err_ref = max(
+        relative_difference(reference_truncations(ref, m, ranks)[r], f64[m][r])
+        for m in ref_modules
+        for r in ranks
+    )
     if args.verify_dense:
-        m = ref_modules[0]
-        total = sum(case.weights)
-        dW = sum(
-            (n / total) * c[m].scaling * (c[m].B.double().cpu() @ c[m].A.double().cpu())
-            for c, n in zip(case.clients, case.weights, strict=True)
-        )  # (out, in), float64
-        assert isinstance(dW, torch.Tensor)
-        U, S, Vh = torch.linalg.svd(dW, full_matrices=False)
-        check = max(
-            float(
-                torch.linalg.matrix_norm((U[:, :r] * S[:r]) @ Vh[:r] - f64[m][r])
-                / torch.linalg.matrix_norm(f64[m][r])
-            )
-            for r in ranks
-        )
-        print(
-            f"    float64 factored vs float64 dense SVD on {m}: max relative difference {check:.2e}"
-        )
+        verify_against_dense_f64(case, ref_modules[0], f64[ref_modules[0]])
     rows = [
         ("reference (dense sum + full SVD, CPU fp32)", t_ref_all, err_ref),
-        (f"flexlora {args.dtype} ({res.diagnostics['svd_mode'][modules[0]]})", t_ours, err32),  # type: ignore[attr-defined]
-        ("flexlora float64 (factored)", t_ours64, err64),
+        (
+            f"flexlora {args.dtype} ({path_of(res, modules[0])})",
+            t_ours,
+            max_error_vs(case, res, ref_modules, f64.__getitem__),
+        ),
+        (
+            "flexlora float64 (factored)",
+            t_ours64,
+            max_error_vs(case, res64, ref_modules, f64.__getitem__),
+        ),
     ]
-    print(f"    reference timed on {len(ref_modules)} of {len(modules)} modules "
-          f"({t_ref:.2f} s) and extrapolated x{len(modules) / len(ref_modules):g}; "
-          f"errors: max over every client on {len(ref_modules)} modules vs float64 exact truncation")  # fmt: skip
+    print(
+        f"    reference timed on {len(ref_modules)} of {len(modules)} modules ({t_ref:.2f} s), "
+        f"extrapolated x{len(modules) / len(ref_modules):g}; errors: max over every client "
+        f"on those {len(ref_modules)} modules vs the float64 exact truncation"
+    )
     print_table(rows, t_ref_all)
     report_memory(args, "a")
+
+
+def verify_against_dense_f64(case: Case, module: str, f64: dict[int, torch.Tensor]) -> None:
+    """Check the float64 factored reference against a float64 dense full SVD."""
+    total = sum(case.weights)
+    dW = torch.zeros(case.shapes[module], dtype=torch.float64)
+    for c, n in zip(case.clients, case.weights, strict=True):
+        f = c[module]
+        dW += (n / total) * f.scaling * (f.B.double().cpu() @ f.A.double().cpu())
+    U, S, Vh = torch.linalg.svd(dW, full_matrices=False)
+    check = max(relative_difference((U[:, :r] * S[:r]) @ Vh[:r], t) for r, t in f64.items())
+    print(f"    float64 factored vs float64 dense SVD on {module}: max rel. difference {check:.2e}")
 
 
 def run_case_b(args: argparse.Namespace) -> None:
     case = make_case(args, "b")
     modules = list(case.shapes)
-    ranks_first = [c[modules[0]].rank for c in case.clients]
-    ranks_mlp = [c[modules[4]].rank for c in case.clients]
-    print(f"\n(b) 1.3B shapes, {args.b_layers} layer(s), {len(modules)} modules, {args.b_clients} clients "
-          f"(heavy-tail-light): R = {sum(ranks_first)} (attention), {sum(ranks_mlp)} (mlp); "
-          f"spectrum={args.spectrum}")  # fmt: skip
-    t_fast, fast = best_time(
-        lambda: ours(case, modules, {"dtype": args.dtype, "svd": args.svd}), args.repeat
+    attention = sum(c[modules[0]].rank for c in case.clients)
+    mlp = sum(c[modules[4]].rank for c in case.clients)
+    print(
+        f"\n(b) 1.3B shapes, {args.b_layers} layer(s), {len(modules)} modules, "
+        f"{args.b_clients} clients (heavy-tail-light): R = {attention} (attention), "
+        f"{mlp} (mlp); spectrum={args.spectrum}"
     )
+    options = {"dtype": args.dtype, "svd": args.svd}
+    t_fast, fast = best_time(lambda: ours(case, modules, options), args.repeat)
     t_ref, ref = best_time(lambda: reference(case, modules), 1)
     ranks = {f.rank for c in case.clients for f in c.values()}
     exact_of = {m: reference_truncations(ref, m, ranks) for m in modules}
-    err_fast = max_error_vs(case, fast, modules, exact_of.__getitem__)
-    rows = [("reference (dense sum + full SVD, CPU fp32)", t_ref, 0.0)]
-    rows.append(
+    rows = [
+        ("reference (dense sum + full SVD, CPU fp32)", t_ref, 0.0),
         (
-            f"flexlora {args.dtype} svd={args.svd} ({fast.diagnostics['svd_mode'][modules[0]]})",
+            f"flexlora {args.dtype} svd={args.svd} ({path_of(fast, modules[0])})",
             t_fast,
-            err_fast,
-        )
-    )  # type: ignore[attr-defined]
+            max_error_vs(case, fast, modules, exact_of.__getitem__),
+        ),
+    ]
     if not args.skip_exact:
-        t_exact, exact = best_time(
-            lambda: ours(case, modules, {"dtype": args.dtype, "svd": "exact"}), 1
-        )
-        rows.append(
-            (
-                "flexlora svd=exact (dense_exact)",
-                t_exact,
-                max_error_vs(case, exact, modules, exact_of.__getitem__),
-            )
-        )
-    print("    errors: max over modules and targets of ||s_j B_j A_j - T_r(dW)||_F / ||T_r(dW)||_F "
-          "against the reference's own (float32, full SVD) truncation")  # fmt: skip
+        exact_options = {"dtype": args.dtype, "svd": "exact"}
+        t_exact, exact = best_time(lambda: ours(case, modules, exact_options), 1)
+        error = max_error_vs(case, exact, modules, exact_of.__getitem__)
+        rows.append(("flexlora svd=exact (dense_exact)", t_exact, error))
+    print(
+        "    errors: max over modules and targets of ||s_j B_j A_j - T_r(dW)||_F / ||T_r(dW)||_F"
+        " against the reference's own (float32, full SVD) truncation"
+    )
     print_table(rows, t_ref)
     report_memory(args, "b")
 
@@ -435,9 +449,11 @@ def report_memory(args: argparse.Namespace, case_name: str) -> None:
     mine = measure_in_subprocess(args, case_name, "ours")
     theirs = measure_in_subprocess(args, case_name, "reference")
     where = "CUDA max_memory_allocated" if args.device == "cuda" else "peak RSS - RSS before"
-    print(f"    peak memory ({where}): flexlora {mine['peak_bytes'] / 2**20:.0f} MiB "
-          f"({mine['modules']} modules), reference {theirs['peak_bytes'] / 2**20:.0f} MiB "
-          f"({theirs['modules']} modules, CPU)")  # fmt: skip
+    print(
+        f"    peak memory ({where}): flexlora {mine['peak_bytes'] / 2**20:.0f} MiB, "
+        f"reference {theirs['peak_bytes'] / 2**20:.0f} MiB (CPU), "
+        f"each on the {mine['modules']} largest module(s)"
+    )
 
 
 def main() -> None:
@@ -472,9 +488,8 @@ def main() -> None:
     if args.child_case:
         measure_child(args)
         return
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, device {args.device}"
-    )
+    machine = platform.processor() or platform.machine()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {machine}, {args.device}")
     if "a" in args.case:
         run_case_a(args)
     if "b" in args.case:

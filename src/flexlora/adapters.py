@@ -174,6 +174,8 @@ class AdapterHost:
         """Install W0 + dW as the adapter `global` (scaling 1: dW is folded into B)."""
         assert self.model is not None
         if GLOBAL_ADAPTER in self.model.peft_config:
+            # Deleting the active adapter makes PEFT warn: step onto a class adapter first.
+            self.model.base_model.set_adapter(next(iter(self.class_ranks)))
             self.model.base_model.delete_adapter(GLOBAL_ADAPTER)
         if update is None:
             return

@@ -45,6 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(message)s",
         stream=sys.stderr,
     )
+    # transformers draws its own bars while loading weights: the CLI owns the terminal.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     try:
         return int(args.func(args))
     except FlexLoraError as e:

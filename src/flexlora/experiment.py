@@ -66,6 +66,22 @@ def load_model_and_tokenizer(cfg: ExperimentConfig, device: torch.device) -> tup
     return model, tokenizer
 
 
+def validate_experiment(cfg: ExperimentConfig) -> None:
+    """Checks that need no model or data: method, its options, rank types, distribution."""
+    from flexlora.aggregation import get_method, method_options
+    from flexlora.aggregation.common import parse_options
+    from flexlora.ranks import distribution_probabilities
+
+    get_method(cfg.method)
+    parse_options(method_options[cfg.method], cfg.method_options, cfg.method)
+    distribution_probabilities(cfg.ranks.distribution, len(cfg.ranks.types))
+    if cfg.method == "fedit" and len({str(t) for t in cfg.ranks.types}) > 1:
+        raise FlexLoraError(
+            "method fedit trains one homogeneous rank: give a single rank type "
+            "(e.g. --set 'ranks.types=[8]')"
+        )
+
+
 @dataclass
 class ExperimentResult:
     out_dir: Path
@@ -81,6 +97,7 @@ def run_experiment(
     device = pick_device(cfg.model.device)
 
     # Everything that can reject the user's input happens before anything is written.
+    validate_experiment(cfg)
     dataset = load_federated_dataset(cfg.data, cfg.seed)
     if not dataset.seen:
         raise FlexLoraError("no seen clients left to train on after holding out the unseen ones")

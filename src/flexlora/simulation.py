@@ -186,12 +186,18 @@ class Federation:
         state.sample_rng = rng.bit_generator.state
         return [ids[i] for i in chosen]
 
+    def _hetlora_options(self) -> Any:
+        from flexlora.aggregation.common import parse_options
+        from flexlora.aggregation.hetlora import HetLoraOptions
+
+        return parse_options(HetLoraOptions, self.config.method_options, "hetlora")
+
     def _client_regularizer(self, key: str) -> Callable[[], torch.Tensor] | None:
         if self.config.method != "hetlora":
             return None
-        from flexlora.aggregation.hetlora import HetLoraOptions, hetlora_regularizer
+        from flexlora.aggregation.hetlora import hetlora_regularizer
 
-        opts = HetLoraOptions(**self.config.method_options)
+        opts = self._hetlora_options()
         if opts.reg_lambda == 0:
             return None
         pairs = self.host.factor_pairs(key)
@@ -202,20 +208,33 @@ class Federation:
 
         return regularizer
 
-    def _prune(self, client_id: str, factors: dict[str, LoraFactors], state: ServerState) -> dict[str, LoraFactors]:
-        """HETLoRA's rank self-pruning: drop tail components whose norm has become small."""
-        from flexlora.aggregation.hetlora import HetLoraOptions, hetlora_prune_rank
+    def _prune(
+        self,
+        client_id: str,
+        start: Mapping[str, LoraFactors],
+        trained: dict[str, LoraFactors],
+        state: ServerState,
+    ) -> dict[str, LoraFactors]:
+        """HETLoRA's rank self-pruning, which runs with its regulariser (reg_lambda > 0):
+        a module drops to ⌊γ r⌋ when local training shrank its tail (the regulariser won)."""
+        from flexlora.aggregation.hetlora import hetlora_prune_rank, pruned_rank
 
-        opts = HetLoraOptions(**self.config.method_options)
+        opts = self._hetlora_options()
+        if opts.reg_lambda == 0:
+            return trained
         ranks = state.client_ranks.setdefault(client_id, {})
-        pruned = {}
-        for name, f in factors.items():
+        out = {}
+        for name, f in trained.items():
             current = ranks.get(name, f.rank)
-            new = hetlora_prune_rank(f.B, f.A, opts.gamma, current)
+            keep = max(opts.min_rank, pruned_rank(current, opts.gamma))
+            s0 = start[name]
+            # (out, r - keep) and (r - keep, in): the tail the regulariser pushes down
+            before = float(s0.B[:, keep:current].norm() * s0.A[keep:current].norm())
+            new = hetlora_prune_rank(f.B, f.A, opts.gamma, current, opts.min_rank, before)
             if new < f.rank:
                 ranks[name] = new
-            pruned[name] = _zero_tail(f, new)
-        return pruned
+            out[name] = _zero_tail(f, new)
+        return out
 
     def train_round(self, state: ServerState, clients: list[str], observer: RunObserver) -> tuple[list[dict[str, LoraFactors]], list[float], dict[str, Any]]:
         cfg = self.config
@@ -245,7 +264,7 @@ class Federation:
                 )
             factors = self.host.read(key)
             if cfg.method == "hetlora":
-                factors = self._prune(cid, factors, state)
+                factors = self._prune(cid, start, factors, state)
             updates.append(factors)
             weights.append(float(len(self.train_examples[cid])))
             losses.append(result.loss)

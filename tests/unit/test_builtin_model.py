@@ -93,21 +93,41 @@ def test_build_info_records_a_finite_final_loss(folder: str) -> None:
 
 
 def test_pretraining_corpus_is_deterministic() -> None:
-    def docs(seed: int) -> list[str]:
-        return btm.corpus_documents(
-            60, np.random.Generator(np.random.PCG64(seed)), text_fraction=0.2
-        )
+    def docs(seed: int) -> list[tuple[str, str]]:
+        rng = np.random.Generator(np.random.PCG64(seed))
+        return btm.corpus_documents(60, rng, text_fraction=0.2)
 
     a = docs(0)
     assert a == docs(0) and a != docs(1)
-    assert sum(d.startswith("Below is an instruction") for d in a) == 60 - 12
-    assert all(d.strip() for d in a)
+    prompts = [c for c, _ in a if c]
+    assert len(prompts) == 60 - 12
+    assert all(c.startswith("Below is an instruction") for c in prompts)
+    assert all(c.endswith("### Response:\n") for c in prompts)
+    assert all(t.strip() for _, t in a)
+
+
+def test_documents_are_tokenised_with_loss_on_the_target_only(folder: str) -> None:
+    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    docs = btm.corpus_documents(20, np.random.Generator(np.random.PCG64(0)), text_fraction=0.2)
+    for (context, target), (ids, labels) in zip(
+        docs, btm.tokenize_documents(tok, docs), strict=True
+    ):
+        assert ids == tok(context + target)["input_ids"] + [tok.eos_token_id]  # as if joined
+        n_context = len(tok(context)["input_ids"])
+        assert labels[:n_context] == [-100] * n_context
+        assert labels[n_context:] == ids[n_context:]
 
 
 def test_pack_cuts_documents_into_rows() -> None:
-    rows = btm.pack([[5, 6], [7], [8, 9, 10]], eos_id=2, block_size=4)
-    # 5 6 </s> 7 | </s> 8 9 10 | (</s> dropped: not a whole row)
-    assert rows.tolist() == [[5, 6, 2, 7], [2, 8, 9, 10]]
+    docs = [
+        ([1, 5, 6, 2], [-100, 5, 6, 2]),
+        ([1, 7, 2], [-100, -100, 2]),
+        ([1, 8, 2], [-100, 8, 2]),
+    ]
+    ids, labels = btm.pack(docs, block_size=4)
+    # 1 5 6 2 | 1 7 2 1 | (8 2 dropped: not a whole row)
+    assert ids.tolist() == [[1, 5, 6, 2], [1, 7, 2, 1]]
+    assert labels.tolist() == [[-100, 5, 6, 2], [-100, -100, 2, -100]]
 
 
 def test_bad_build_config_raises() -> None:

@@ -147,3 +147,17 @@ def test_unseen_default_ids_apply_only_when_nothing_is_set() -> None:
     assert select_unseen(IDS, UnseenConfig(), rng(0), default_ids=["7", "2"]) == ["2", "7"]
     assert select_unseen(IDS, UnseenConfig(count=0), rng(0), default_ids=["7"]) == []
     assert select_unseen(IDS, UnseenConfig(), rng(0)) == []
+
+
+def test_golden_values_pin_the_streams_across_machines() -> None:
+    # Hard-coded outputs of PCG64(0): a change here means a federation is no longer the
+    # same for the same seed (numpy stream change, or a change in how we draw).
+    assert select_unseen(IDS, UnseenConfig(count=4), rng(0)) == ["5", "9", "11", "14"]
+    assert [p.tolist() for p in iid_partition(10, 3, rng(0))] == [
+        [4, 6, 2, 7],
+        [3, 5, 9],
+        [0, 8, 1],
+    ]
+    parts = dirichlet_partition([f"c{i % 3}" for i in range(30)], 4, 0.5, 3, rng(0))
+    assert [len(p) for p in parts] == [9, 5, 7, 9]
+    assert parts[0].tolist() == [20, 11, 23, 12, 8, 29, 26, 5, 14]

@@ -154,6 +154,13 @@ def test_jsonl_and_json_list_with_field_map_and_defaults(tmp_path: Path) -> None
         assert pool.labels is None
 
 
+def test_jsonl_keeps_unicode_line_separators_inside_strings(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    text = "first\u2028second\u2029third"
+    path.write_text(json.dumps({"instruction": text, "output": "o"}, ensure_ascii=False) + "\n")
+    assert load_file_pool(path, {}).examples == [Example(text, "", "o", "default")]
+
+
 def test_jsonl_bad_inputs_name_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "d.jsonl"
     path.write_text('{"instruction": "a", "output": "b"}\n\n{"instruction": "c", "output": \n')

@@ -261,11 +261,11 @@ def _federation() -> FederatedDataset:
     rng = np.random.default_rng(5)
     seen = {
         f"c{k}": ClientData(
-            f"c{k}", _texts(6, rng, 1, 40), _texts(2, rng, 1, 40), _texts(1, rng, 1, 40)
+            f"c{k}", _texts(6, rng, 1, 14), _texts(2, rng, 1, 14), _texts(1, rng, 1, 14)
         )
         for k in range(4)
     }
-    unseen = {"u0": ClientData("u0", _texts(3, rng, 1, 40), [], _texts(2, rng, 1, 40))}
+    unseen = {"u0": ClientData("u0", _texts(3, rng, 1, 14), [], _texts(2, rng, 1, 14))}
     return FederatedDataset(seen, unseen, "test")
 
 
@@ -273,7 +273,9 @@ def test_cache_tokenises_once_and_reloads_the_same_splits(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fd = _federation()
-    cfg = DataConfig(kind="jsonl", path="x", max_length=40, cache_dir=str(tmp_path / "cache"))
+    cfg = DataConfig(
+        kind="jsonl", path="x", template="plain", max_length=40, cache_dir=str(tmp_path / "cache")
+    )
     cache = TokenizedCache(cfg.cache_dir)
     first = cache.load_or_tokenize(fd, BPE_TOK, cfg)
     assert not first.from_cache
@@ -286,7 +288,9 @@ def test_cache_tokenises_once_and_reloads_the_same_splits(
     monkeypatch.setattr(tokenize_module, "_tokenize", no_tokenizing)
     second = cache.load_or_tokenize(fd, BPE_TOK, cfg)
     assert second.from_cache and second.key == first.key
-    assert second.counts == first.counts and sum(first.counts.values()) > 0
+    assert second.counts == first.counts and first.counts["truncated"] > 0
+    kept = sum(len(t) for by_split in first.splits.values() for t in by_split.values())
+    assert kept > 0 and kept + first.counts["dropped_no_target"] == 41  # 4 x (6 + 2 + 1) + 3 + 2
     for cid in [*fd.seen, *fd.unseen]:
         for split in ("train", "eval", "test"):
             a, b = first.split(cid, split), second.split(cid, split)
@@ -298,7 +302,9 @@ def test_cache_tokenises_once_and_reloads_the_same_splits(
 
 def test_cache_splits_equal_per_client_tokenisation(tmp_path: Path) -> None:
     fd = _federation()
-    cfg = DataConfig(kind="jsonl", path="x", max_length=30, cache_dir=str(tmp_path))
+    cfg = DataConfig(
+        kind="jsonl", path="x", template="plain", max_length=30, cache_dir=str(tmp_path)
+    )
     tokenized = TokenizedCache(cfg.cache_dir).load_or_tokenize(fd, BPE_TOK, cfg)
     for client in [*fd.seen.values(), *fd.unseen.values()]:
         for split in ("train", "eval", "test"):
@@ -308,16 +314,17 @@ def test_cache_splits_equal_per_client_tokenisation(tmp_path: Path) -> None:
                 ref.prompt_lengths, got.prompt_lengths
             )
             assert np.array_equal(ref.example_index, got.example_index) and ref.counts == got.counts
+    assert tokenized.counts["truncated"] > 0 and len(tokenized.split("c0", "train")) > 0
 
 
 def test_cache_key_changes_with_settings_data_and_tokenizer(tmp_path: Path) -> None:
     fd = _federation()
-    cfg = DataConfig(kind="jsonl", path="x", max_length=40)
+    cfg = DataConfig(kind="jsonl", path="x", template="plain", max_length=40)
     key = tokenize_module.cache_key(fd, BPE_TOK, cfg)
     assert key == tokenize_module.cache_key(_federation(), BPE_TOK, cfg)
     for change in (
         {"max_length": 41},
-        {"template": "plain"},
+        {"template": "alpaca"},
         {"train_on_inputs": True},
         {"drop_overlong": True},
     ):
@@ -337,7 +344,7 @@ def test_cache_key_changes_with_settings_data_and_tokenizer(tmp_path: Path) -> N
 
 def test_unreadable_cache_file_is_rebuilt(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     fd = _federation()
-    cfg = DataConfig(kind="jsonl", path="x", max_length=40)
+    cfg = DataConfig(kind="jsonl", path="x", template="plain", max_length=40)
     cache = TokenizedCache(tmp_path)
     key = tokenize_module.cache_key(fd, BPE_TOK, cfg)
     cache.path_for(key).write_bytes(b"not a zip file")
@@ -345,3 +352,26 @@ def test_unreadable_cache_file_is_rebuilt(tmp_path: Path, caplog: pytest.LogCapt
         result = cache.load_or_tokenize(fd, BPE_TOK, cfg)
     assert not result.from_cache and "is unreadable" in caplog.text
     assert cache.load_or_tokenize(fd, BPE_TOK, cfg).from_cache
+
+
+def test_held_out_choice_does_not_change_the_cache_key() -> None:
+    fd = _federation()
+    cfg = DataConfig(kind="jsonl", path="x", template="plain", max_length=40)
+    moved = FederatedDataset(
+        {k: v for k, v in fd.seen.items() if k != "c1"}, {"c1": fd.seen["c1"], **fd.unseen}, "test"
+    )
+    assert tokenize_module.cache_key(moved, BPE_TOK, cfg) == tokenize_module.cache_key(
+        fd, BPE_TOK, cfg
+    )
+
+
+def test_unwritable_cache_folder_is_logged_and_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the cache folder should be")
+    cfg = DataConfig(kind="jsonl", path="x", template="plain", max_length=40)
+    with caplog.at_level("WARNING"):
+        result = TokenizedCache(blocker / "tokens").load_or_tokenize(_federation(), BPE_TOK, cfg)
+    assert not result.from_cache and len(result.split("c0", "train")) > 0
+    assert "could not write the token cache" in caplog.text

@@ -176,9 +176,18 @@ def _check_factors(factors: LoraFactors, client: int, module: str) -> tuple[int,
     for name, tensor in (("B", B), ("A", A)):
         if not tensor.is_floating_point():
             raise FlexLoraError(f"{where}: {name} has non-float dtype {tensor.dtype}")
-        if not bool(torch.isfinite(tensor).all()):
+        if not _all_finite(tensor):
             raise FlexLoraError(f"{where}: {name} contains NaN or Inf")
     return int(B.shape[0]), int(A.shape[1])
+
+
+def _all_finite(tensor: Tensor) -> bool:
+    """True when no entry is NaN or ±Inf: one min/max pass (NaN propagates through both),
+    without the full-size boolean temporary of torch.isfinite."""
+    if tensor.numel() == 0:
+        return True
+    low, high = torch.aminmax(tensor)
+    return bool(torch.isfinite(low)) and bool(torch.isfinite(high))
 
 
 def validate_targets(targets: Mapping[Hashable, TargetSpec], modules: Sequence[str]) -> None:

@@ -66,10 +66,12 @@ class LoadedSource:
 
 
 def _generators(seed: int) -> tuple[np.random.Generator, np.random.Generator]:
-    partition_seq, unseen_seq = np.random.SeedSequence(seed).spawn(2)
-    return np.random.Generator(np.random.PCG64(partition_seq)), np.random.Generator(
-        np.random.PCG64(unseen_seq)
+    """Two independent PCG64 streams from one seed: (partition, unseen choice)."""
+    partition, unseen = (
+        np.random.Generator(np.random.PCG64(child))
+        for child in np.random.SeedSequence(seed).spawn(2)
     )
+    return partition, unseen
 
 
 def _needs_strict_labels(cfg: DataConfig) -> bool:

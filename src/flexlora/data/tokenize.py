@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from flexlora.config import DataConfig
+from flexlora.data.partition import sort_ids
 from flexlora.data.templates import check_template, format_prompt, format_target
 from flexlora.data.types import ClientData, Example, FederatedDataset
 from flexlora.errors import FlexLoraError
@@ -73,7 +74,7 @@ class TokenizedSplit:
     """One client's split: example k is ids[offsets[k]:offsets[k+1]]."""
 
     ids: np.ndarray
-    """(total tokens,) int32, all examples concatenated."""
+    """(total tokens,) all examples back to back: int32 (uint16 from a small-vocabulary cache)."""
     offsets: np.ndarray
     """(n + 1,) int64, offsets[0] == 0."""
     prompt_lengths: np.ndarray
@@ -230,8 +231,8 @@ def _encode_prefixes(
 
 def _encode_fast(
     backend: Any, texts: list[str], prompt_chars: list[int], max_length: int
-) -> Iterable[tuple[list[int], int]]:
-    """(ids, prompt length in tokens) per text, from one batch call per chunk of texts.
+) -> Iterable[tuple[Any, int]]:
+    """(Encoding, prompt length in tokens) per text, from one batch call per chunk of texts.
 
     When `prefix_cut_is_exact`, a text is cut at a safe point a little past where its
     first `max_length` tokens should end (estimated from the characters per token seen
@@ -253,8 +254,7 @@ def _encode_fast(
         for encoding, text, boundary in zip(
             encodings, used, prompt_chars[start : start + ENCODE_CHUNK], strict=True
         ):
-            ids = encoding.ids
-            prompt_length = len(ids)
+            prompt_length = len(encoding)
             # the token holding the first target character; some characters (e.g. spaces a
             # normaliser drops) map to no token, so look further along the target
             for pos in range(boundary, len(text)):
@@ -262,15 +262,26 @@ def _encode_fast(
                 if token is not None:
                     prompt_length = token
                     break
-            yield ids, prompt_length
+            yield encoding, prompt_length
 
 
-def _encode_slow(
-    tokenizer: Any, texts: list[str], prompts: list[str]
-) -> Iterable[tuple[list[int], int]]:
+class _TokenList:
+    """A slow tokenizer's ids, shaped like a fast tokenizer's Encoding (len() and .ids)."""
+
+    __slots__ = ("ids",)
+
+    def __init__(self, ids: list[int]) -> None:
+        self.ids = ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _encode_slow(tokenizer: Any, texts: list[str], prompts: list[str]) -> Iterable[tuple[Any, int]]:
+    """(ids, prompt length): the whole text and the prompt alone, each tokenised in one call."""
     full = tokenizer(texts, add_special_tokens=True)["input_ids"]
     prompt_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
-    return ((ids, len(p)) for ids, p in zip(full, prompt_ids, strict=True))
+    return ((_TokenList(ids), len(p)) for ids, p in zip(full, prompt_ids, strict=True))
 
 
 # Per-example outcome of tokenisation (kept as is, kept cut, or left out and why).
@@ -305,15 +316,23 @@ def _tokenize(
     kept: list[list[int]] = []
     prompt_lengths: list[int] = []
     example_index: list[int] = []
-    for k, (ids, prompt_length) in enumerate(encoded):
-        if not ids or ids[-1] != eos:  # some tokenizers append EOS themselves
-            ids = [*ids, eos]
-        if len(ids) > cfg.max_length:
+    for k, (encoding, prompt_length) in enumerate(encoded):
+        if len(encoding) > cfg.max_length and (
+            cfg.drop_overlong or (prompt_length >= cfg.max_length and not cfg.train_on_inputs)
+        ):
+            # over-long, and dropped either way: decided without copying its ids out
+            status[k] = DROPPED if cfg.drop_overlong else DROPPED_NO_TARGET
+            continue
+        ids: list[int] = encoding.ids
+        has_eos = bool(ids) and ids[-1] == eos  # some tokenizers append EOS themselves
+        if len(ids) + (not has_eos) > cfg.max_length:
             if cfg.drop_overlong:
                 status[k] = DROPPED
                 continue
             status[k] = TRUNCATED
-            ids = ids[: cfg.max_length]
+            ids = ids[: cfg.max_length]  # the EOS is cut away with the rest
+        elif not has_eos:
+            ids.append(eos)  # `ids` is a fresh list of this example's own
         prompt_length = min(prompt_length, len(ids))
         if prompt_length >= len(ids) and not cfg.train_on_inputs:
             status[k] = DROPPED_NO_TARGET
@@ -403,7 +422,10 @@ class TokenizedDataset:
 
 
 def _clients(dataset: FederatedDataset) -> list[ClientData]:
-    return [*dataset.seen.values(), *dataset.unseen.values()]
+    """Seen and unseen clients in natural id order: which ones are held out does not
+    change their tokens, so federations that differ only in that share one cache file."""
+    clients = {**dataset.seen, **dataset.unseen}
+    return [clients[cid] for cid in sort_ids(list(clients))]
 
 
 def data_fingerprint(dataset: FederatedDataset) -> str:
@@ -476,7 +498,9 @@ class TokenizedCache:
     """Tokenised federations on disk: one `<key>.npz` per (data, tokenizer, settings).
 
     `cache_dir` defaults to ~/.cache/flexlora/tokens (DataConfig.cache_dir overrides).
-    A cache file that cannot be read is logged and rebuilt.
+    A cache file that cannot be read is logged and rebuilt; a cache folder that cannot be
+    written is logged and skipped. Files are never evicted: delete the folder to reclaim
+    the space.
     """
 
     def __init__(self, cache_dir: str | Path | None = None) -> None:
@@ -515,7 +539,10 @@ class TokenizedCache:
                 no_target,
                 cfg.max_length,
             )
-        _write(path, splits, cfg.train_on_inputs)
+        try:
+            _write(path, splits, cfg.train_on_inputs)
+        except OSError as e:  # a read-only or full disk costs the cache, not the run
+            log.warning("could not write the token cache %s (%s): continuing without it", path, e)
         return result
 
 
@@ -558,6 +585,11 @@ def tokenize_dataset(
     return splits
 
 
+def _compact(ids: np.ndarray) -> np.ndarray:
+    """uint16 when every id fits (vocabularies under 65,536): half the file to write and read."""
+    return ids.astype(np.uint16) if ids.size == 0 or int(ids.max()) < 2**16 else ids
+
+
 def _write(path: Path, splits: dict[str, dict[str, TokenizedSplit]], train_on_inputs: bool) -> None:
     """One .npz holding every split back to back; written to a temp file, then renamed."""
     parts = [t for by_split in splits.values() for t in by_split.values()]
@@ -571,7 +603,7 @@ def _write(path: Path, splits: dict[str, dict[str, TokenizedSplit]], train_on_in
     }
     arrays = {
         "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
-        "ids": np.concatenate([t.ids for t in parts] or [np.zeros(0, np.int32)]),
+        "ids": _compact(np.concatenate([t.ids for t in parts] or [np.zeros(0, np.int32)])),
         # per-split offsets shifted onto the concatenated ids; one leading 0
         "offsets": np.concatenate(
             [np.zeros(1, np.int64)]

@@ -72,7 +72,7 @@ class BuildConfig:
     lr: float = 3e-3
     warmup_steps: int = 30
     weight_decay: float = 0.01
-    text_fraction: float = 0.15
+    text_fraction: float = 0.05
     """Share of corpus documents that are plain pseudo-word text rather than instructions."""
     tokenizer_docs: int = 20_000
     threads: int = 2
@@ -91,15 +91,25 @@ class BuildConfig:
 
 
 SMOKE_CONFIG = BuildConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_layers=1,
-                           num_heads=2, num_kv_heads=1, block_size=64, batch_size=2, steps=2,
+                           num_heads=2, num_kv_heads=1, block_size=256, batch_size=2, steps=2,
                            warmup_steps=1, tokenizer_docs=200, compile=False)  # fmt: skip
 """A seconds-long build for tests: same code path, tiny sizes."""
 
 
+Document = tuple[str, str]
+"""(context, target) of one pretraining document: the loss is taken on the target only.
+An instruction example is (Alpaca prompt, response); plain text is ("", text)."""
+
+
+def alpaca_prompt(example: Example) -> str:
+    """The example's Alpaca prompt, up to and including '### Response:\\n'."""
+    template = ALPACA_WITH_INPUT if example.input else ALPACA_NO_INPUT
+    return template.format(instruction=example.instruction, input=example.input)
+
+
 def format_example(example: Example) -> str:
     """An example as prompt + response in the Alpaca template."""
-    template = ALPACA_WITH_INPUT if example.input else ALPACA_NO_INPUT
-    return template.format(instruction=example.instruction, input=example.input) + example.output
+    return alpaca_prompt(example) + example.output
 
 
 def plain_text(rng: Generator) -> str:
@@ -114,13 +124,31 @@ def plain_text(rng: Generator) -> str:
     return " ".join(str(start + i) for i in range(int(rng.integers(4, 12))))
 
 
-def corpus_documents(n: int, rng: Generator, text_fraction: float) -> list[str]:
+def corpus_documents(n: int, rng: Generator, text_fraction: float) -> list[Document]:
     """`n` pretraining documents, deterministic for the generator's state."""
     n_text = round(n * text_fraction)
-    docs = [format_example(e) for e in pretraining_examples(n - n_text, rng)]
-    docs += [plain_text(rng) for _ in range(n_text)]
+    docs = [(alpaca_prompt(e), e.output) for e in pretraining_examples(n - n_text, rng)]
+    docs += [("", plain_text(rng)) for _ in range(n_text)]
     order = rng.permutation(len(docs))
     return [docs[int(i)] for i in order]
+
+
+def tokenize_documents(
+    tokenizer: PreTrainedTokenizerFast, docs: Sequence[Document]
+) -> list[tuple[list[int], list[int]]]:
+    """(ids, labels) per document: <s> context target </s>, labels -100 over <s> context.
+
+    Context and target are tokenised apart, as fine-tuning does; the byte-level
+    pre-tokenizer splits at the newline ending every prompt, so this equals tokenising
+    the joined text.
+    """
+    contexts = tokenizer([c for c, _ in docs])["input_ids"]
+    targets = tokenizer([t for _, t in docs], add_special_tokens=False)["input_ids"]
+    eos = int(tokenizer.eos_token_id)
+    return [
+        (ctx + tgt + [eos], [-100] * len(ctx) + tgt + [eos])
+        for ctx, tgt in zip(contexts, targets, strict=True)
+    ]
 
 
 def train_tokenizer(texts: Sequence[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -172,11 +200,21 @@ def build_model(config: BuildConfig, tokenizer: PreTrainedTokenizerFast) -> Llam
     return LlamaForCausalLM(llama)
 
 
-def pack(token_lists: Sequence[Sequence[int]], eos_id: int, block_size: int) -> torch.Tensor:
-    """Concatenate documents (each followed by </s>) and cut into rows: (n_blocks, block_size)."""
-    flat = np.fromiter((t for ids in token_lists for t in (*ids, eos_id)), dtype=np.int64)
-    n_blocks = len(flat) // block_size
-    return torch.from_numpy(flat[: n_blocks * block_size].reshape(n_blocks, block_size))
+def pack(
+    docs: Sequence[tuple[Sequence[int], Sequence[int]]], block_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate tokenised documents and cut them into rows of `block_size`.
+
+    Returns (ids, labels), each (n_rows, block_size); an incomplete last row is dropped.
+    """
+    ids = np.fromiter((t for x, _ in docs for t in x), dtype=np.int64)
+    labels = np.fromiter((t for _, y in docs for t in y), dtype=np.int64)
+    n_rows = len(ids) // block_size
+    shape = (n_rows, block_size)
+    return (
+        torch.from_numpy(ids[: n_rows * block_size].reshape(shape)),
+        torch.from_numpy(labels[: n_rows * block_size].reshape(shape)),
+    )
 
 
 def lr_at(step: int, config: BuildConfig) -> float:
@@ -188,9 +226,14 @@ def lr_at(step: int, config: BuildConfig) -> float:
 
 
 def pretrain(
-    model: LlamaForCausalLM, blocks: torch.Tensor, config: BuildConfig, gen: torch.Generator
+    model: LlamaForCausalLM,
+    blocks: tuple[torch.Tensor, torch.Tensor],
+    config: BuildConfig,
+    gen: torch.Generator,
 ) -> float:
-    """AdamW over random batches of packed rows; returns the mean loss of the last 20 steps."""
+    """AdamW over random batches of packed (ids, labels) rows; returns the mean loss of
+    the last 20 steps (target tokens only)."""
+    ids, labels = blocks
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
@@ -198,20 +241,21 @@ def pretrain(
     recent: list[float] = []
     start = time.perf_counter()
 
-    def batch_loss(batch: torch.Tensor) -> torch.Tensor:
-        return model(input_ids=batch, labels=batch).loss
+    def batch_loss(batch: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return model(input_ids=batch, labels=targets).loss
 
     step_loss = torch.compile(batch_loss) if config.compile else batch_loss
     for step in range(config.steps):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, config)
-        rows = torch.randint(len(blocks), (config.batch_size,), generator=gen)
-        batch = blocks[rows]  # (batch, block_size)
-        loss = step_loss(batch)
+        rows = torch.randint(len(ids), (config.batch_size,), generator=gen)
+        loss = step_loss(ids[rows], labels[rows])  # rows: (batch, block_size)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+        if not math.isfinite(loss.item()):
+            raise FlexLoraError(f"build: pretraining loss is {loss.item()} at step {step}")
         recent = [*recent[-19:], loss.item()]
         if step % 50 == 0 or step == config.steps - 1:
             logger.info(
@@ -273,17 +317,18 @@ def build(config: BuildConfig, out: Path) -> float:
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)  # only the initialisation draws from the global generator
     rng = np.random.Generator(np.random.PCG64(config.seed))
-    tokenizer_texts = corpus_documents(config.tokenizer_docs, rng, config.text_fraction)
-    tokenizer = train_tokenizer(tokenizer_texts, config.vocab_size)
+    tokenizer_docs = corpus_documents(config.tokenizer_docs, rng, config.text_fraction)
+    tokenizer = train_tokenizer([c + t for c, t in tokenizer_docs], config.vocab_size)
     # Enough documents for every step to see fresh rows (about one epoch).
-    avg_tokens = np.mean([len(t) for t in tokenizer(tokenizer_texts[:500])["input_ids"]])
+    sample = tokenize_documents(tokenizer, tokenizer_docs[:500])
+    avg_tokens = np.mean([len(ids) for ids, _ in sample])
     n_docs = int(config.steps * config.batch_size * config.block_size / avg_tokens) + 1
     docs = corpus_documents(n_docs, rng, config.text_fraction)
-    blocks = pack(tokenizer(docs)["input_ids"], int(tokenizer.eos_token_id), config.block_size)
+    blocks = pack(tokenize_documents(tokenizer, docs), config.block_size)
     logger.info(
         "corpus: %d documents, %d rows of %d tokens, vocab %d",
         n_docs,
-        len(blocks),
+        len(blocks[0]),
         config.block_size,
         len(tokenizer),
     )

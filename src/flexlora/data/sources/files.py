@@ -46,7 +46,8 @@ def read_json(path: Path) -> Any:
 
 def iter_jsonl(text: str, path: Path) -> Iterator[tuple[int, Any]]:
     """(line number from 1, parsed object) for every non-blank line of a JSONL text."""
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    # split on "\n" only: str.splitlines() would also cut at U+2028, which JSON strings may hold
+    for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:

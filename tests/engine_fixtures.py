@@ -1,0 +1,57 @@
+"""A tiny 2-layer Llama with its own byte-level BPE tokenizer, made in-process.
+
+Engine tests need a real transformers model and tokenizer but no download: this builds
+both in a second from text the test suite generates.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from flexlora.data.synthetic import build_synthetic_suite
+from flexlora.data.templates import format_prompt
+
+SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]
+
+
+def _corpus() -> list[str]:
+    suite = build_synthetic_suite({}, seed=0)
+    texts = []
+    for client in suite.clients.values():
+        for ex in client.train[:8]:
+            texts.append(format_prompt(ex, "alpaca") + ex.output)
+    return texts
+
+
+def make_tiny_model(folder: Path, *, layers: int = 2, hidden: int = 32, seed: int = 0) -> Path:
+    """Save a random `layers`-layer Llama and a 400-token BPE tokenizer into `folder`."""
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    bpe.train_from_iterator(_corpus(), trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+    tokenizer.save_pretrained(folder)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)  # test fixture only: a fixed random base model
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return folder

@@ -1,0 +1,208 @@
+"""End to end: `flexlora run` and `flexlora compare` on a tiny 2-layer model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flexlora.cli import main
+from engine_fixtures import make_tiny_model
+
+REPO = Path(__file__).resolve().parents[2]
+ASSETS = REPO.parent / "shared" / "assets"
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+def quick_overrides(model: Path, cache: Path) -> list[str]:
+    """A run of a few seconds: few clients, few steps, short generations."""
+    return [
+        f"model.path={model}",
+        f"data.cache_dir={cache}",
+        "data.synthetic={num_clients: 12, train_per_client: 16, eval_per_client: 2, test_per_client: 2}",
+        "data.max_length=128",
+        "federation.rounds=3",
+        "federation.clients_per_round=3",
+        "federation.local_steps=4",
+        "federation.batch_size=4",
+        "federation.lr=0.01",
+        "ranks.types=[2, 4, 8]",
+        "eval.max_new_tokens=4",
+        "eval.max_examples_per_client=2",
+    ]
+
+
+def run_cli(args: list[str]) -> int:
+    return main(args)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_run_leaves_every_output_and_the_loss_falls(tiny_model: Path, tmp_path: Path) -> None:
+    # Prepare
+    out = tmp_path / "run"
+    sets = quick_overrides(tiny_model, tmp_path / "cache")
+    # Execute
+    code = run_cli(["run", "--quiet", "--out", str(out), *sum((["--set", s] for s in sets), [])])
+    # Assert
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds_completed"] == 3
+    assert summary["final"]["unseen_rougeL"] is not None
+    assert summary["final"]["unseen_loss"] > 0
+    rounds = read_jsonl(out / "metrics.jsonl")
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    assert all(len(r["clients"]) == 3 for r in rounds)
+    assert rounds[-1]["train_loss"] < rounds[0]["train_loss"]
+    # the global model improves on unseen clients from round 1 to round 3
+    assert rounds[-1]["eval"]["unseen"]["loss"] < rounds[0]["eval"]["unseen"]["loss"]
+    energy = rounds[0]["aggregation"]["discarded_energy"]
+    assert set(next(iter(energy.values()))) == {"rank-2", "rank-4", "rank-8"}
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["federation"]["rounds"] == 3 and resolved["method"] == "flexlora"
+    for name in ("global", "rank-2", "rank-4", "rank-8"):
+        assert (out / "adapters" / name / "adapter_config.json").is_file()
+        assert (out / "adapters" / name / "adapter_model.safetensors").is_file()
+    for plot in ("metrics.png", "rank_distribution.png", "truncation_energy.png"):
+        assert (out / "plots" / plot).stat().st_size > 1000
+
+
+def test_same_seed_same_metrics(tiny_model: Path, tmp_path: Path) -> None:
+    sets = [*quick_overrides(tiny_model, tmp_path / "cache"), "federation.rounds=2"]
+    args = sum((["--set", s] for s in sets), [])
+    assert run_cli(["run", "--quiet", "--out", str(tmp_path / "a"), *args]) == 0
+    assert run_cli(["run", "--quiet", "--out", str(tmp_path / "b"), *args]) == 0
+    a, b = read_jsonl(tmp_path / "a" / "metrics.jsonl"), read_jsonl(tmp_path / "b" / "metrics.jsonl")
+    for ra, rb in zip(a, b, strict=True):
+        assert ra["clients"] == rb["clients"]
+        assert ra["train_loss"] == rb["train_loss"]
+        assert ra["eval"]["unseen"] == {**rb["eval"]["unseen"], "seconds": ra["eval"]["unseen"]["seconds"]}
+    c_args = [*args, "--set", "seed=1"]
+    assert run_cli(["run", "--quiet", "--out", str(tmp_path / "c"), *c_args]) == 0
+    c = read_jsonl(tmp_path / "c" / "metrics.jsonl")
+    assert c[0]["train_loss"] != a[0]["train_loss"]
+
+
+@pytest.mark.parametrize("method", ["zeropad", "hetlora", "flora", "ffa"])
+def test_every_heterogeneous_baseline_runs(method: str, tiny_model: Path, tmp_path: Path) -> None:
+    sets = [*quick_overrides(tiny_model, tmp_path / "cache"), "federation.rounds=2", f"method={method}"]
+    if method == "hetlora":
+        sets.append("method_options={gamma: 0.5, reg_lambda: 0.01}")
+    out = tmp_path / method
+    assert run_cli(["run", "--quiet", "--out", str(out), *sum((["--set", s] for s in sets), [])]) == 0
+    rounds = read_jsonl(out / "metrics.jsonl")
+    assert len(rounds) == 2 and rounds[-1]["eval"]["unseen"]["loss"] > 0
+    assert (out / "adapters" / "global" / "adapter_model.safetensors").is_file()
+
+
+def test_fedit_refuses_mixed_ranks(tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sets = [*quick_overrides(tiny_model, tmp_path / "cache"), "method=fedit"]
+    out = tmp_path / "fedit"
+    assert run_cli(["run", "--quiet", "--out", str(out), *sum((["--set", s] for s in sets), [])]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "fedit" in err[0] and "single rank type" in err[0]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("federation.rnds=3", "unknown config key federation.rnds"),
+        ("federation.rounds=many", "federation.rounds: expected an int"),
+        ("ranks.distribution=skewed", "unknown ranks.distribution"),
+        ("method=fedprox", "unknown"),
+        ("data.kind=flexlora-ni", "data.path is required"),
+    ],
+)
+def test_bad_config_is_one_line_exit_2(
+    override: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bad"
+    assert run_cli(["run", "--quiet", "--out", str(out), "--set", override]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not out.exists()
+
+
+def test_compare_writes_table_two(tiny_model: Path, tmp_path: Path) -> None:
+    sets = [*quick_overrides(tiny_model, tmp_path / "cache"), "federation.rounds=1", "eval.seen=false"]
+    out = tmp_path / "cmp"
+    code = run_cli(
+        ["compare", "--quiet", "--out", str(out), "--methods", "fedit-min,flexlora",
+         "--distributions", "uniform,heavy-tail-light", "--seeds", "2",
+         *sum((["--set", s] for s in sets), [])]
+    )
+    assert code == 0
+    text = (out / "results.md").read_text()
+    assert "| fedit-min |" in text and "| flexlora |" in text and "heavy-tail-light" in text
+    rows = (out / "results.csv").read_text().splitlines()
+    assert rows[0].startswith("metric,method,uniform mean")
+    assert len(rows) == 1 + 2 * 2  # header + 2 metrics × 2 methods
+    # fedit-min runs once per seed and fills both columns with the same figures
+    results = json.loads((out / "results.json").read_text())
+    assert results["fedit-min"]["uniform"] == results["fedit-min"]["heavy-tail-light"]
+    assert len(results["flexlora"]["uniform"]) == 2
+    assert (out / "results.png").stat().st_size > 1000
+
+
+def test_every_preset_loads_and_runs_one_round(tiny_model: Path, tmp_path: Path) -> None:
+    """configs/**.yaml: each opens with its command, validates, and runs a round on the tiny model."""
+    from fixtures.data_fixtures import make_ni_folder
+
+    ni = make_ni_folder(tmp_path / "ni", {str(i): (6, 2, 2) for i in range(6)})
+    dolly = tmp_path / "dolly.jsonl"
+    dolly.write_text("".join(
+        json.dumps({"instruction": f"Say {w} {i}.", "context": "", "response": w, "category": c}) + "\n"
+        for i in range(60) for w, c in [(("alpha", "open_qa"), ("beta", "brainstorming"))[i % 2]]
+    ))
+    presets = sorted((REPO / "configs").rglob("*.yaml"))
+    assert len(presets) >= 4
+    for preset in presets:
+        first = preset.read_text().splitlines()[0]
+        assert first.startswith("# flexlora "), f"{preset} does not open with its command"
+        kind = yaml.safe_load(preset.read_text())["data"]["kind"]
+        data_path = {"flexlora-ni": ni, "dolly": dolly}.get(kind)
+        sets = [
+            f"model.path={tiny_model}", f"data.cache_dir={tmp_path / 'cache'}",
+            "federation.rounds=1", "federation.clients_per_round=2", "federation.local_steps=1",
+            "federation.batch_size=2", "eval.max_new_tokens=2", "eval.max_examples_per_client=1",
+            "eval.every=1", "data.max_length=128",
+        ]
+        if kind == "synthetic":
+            sets.append("data.synthetic={num_clients: 12, train_per_client: 4}")
+        if data_path is not None:
+            sets.append(f"data.path={data_path}")
+        if kind == "dolly":
+            sets += ["data.num_clients=4", "data.min_client_size=5"]
+        if "types" in yaml.safe_load(preset.read_text()).get("ranks", {}):
+            sets.append("ranks.types=[2, 4]")
+        out = tmp_path / preset.stem
+        assert run_cli(["run", str(preset), "--quiet", "--out", str(out), *sum((["--set", s] for s in sets), [])]) == 0, preset
+        assert json.loads((out / "summary.json").read_text())["rounds_completed"] == 1
+
+
+@pytest.mark.skipif(not (ASSETS / "models" / "stories260K").is_dir(), reason=f"{ASSETS} not found: real-model test skipped")
+def test_two_rounds_on_real_ni_with_stories260k(tmp_path: Path) -> None:
+    out = tmp_path / "ni"
+    sets = [
+        f"model.path={ASSETS / 'models' / 'stories260K'}",
+        f"data.path={ASSETS / 'ni-flexlora' / 'en-64-clients-100-20-20'}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "federation.rounds=2", "federation.clients_per_round=2", "federation.local_steps=2",
+        "federation.batch_size=2", "eval.max_new_tokens=4", "eval.max_examples_per_client=1",
+        "data.unseen.count=2",
+    ]
+    preset = REPO / "configs" / "ni-64-stories260k.yaml"
+    assert run_cli(["run", str(preset), "--quiet", "--out", str(out), *sum((["--set", s] for s in sets), [])]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds_completed"] == 2
+    assert summary["data"]["unseen_clients"] == 2
+    assert summary["final"]["unseen_loss"] > 0
