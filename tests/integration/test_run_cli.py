@@ -157,7 +157,7 @@ def test_every_preset_loads_and_runs_one_round(tiny_model: Path, tmp_path: Path)
     """configs/**.yaml: each opens with its command, validates, and runs a round on the tiny model."""
     from fixtures.data_fixtures import make_ni_folder
 
-    ni = make_ni_folder(tmp_path / "ni", {str(i): (6, 2, 2) for i in range(6)})
+    ni = make_ni_folder(tmp_path / "ni", {str(i): (6, 2, 2) for i in range(12)})
     dolly = tmp_path / "dolly.jsonl"
     dolly.write_text("".join(
         json.dumps({"instruction": f"Say {w} {i}.", "context": "", "response": w, "category": c}) + "\n"
