@@ -1,4 +1,4 @@
-"""FlexLoRA aggregation against the authors' way, timed in one run.
+r"""FlexLoRA aggregation against the authors' way, timed in one run.
 
 The authors' way (the reference), per module: each client's dense s_k·B_k @ A_k summed
 with the data weights, a full torch.linalg.svd on the CPU, then U_r Σ_r / s_j, V_rᵀ for
@@ -23,8 +23,10 @@ measurement runs both on the same `--ref-modules` largest modules. (ru_maxrss wo
 the parent's peak into the child across fork + exec.) On CUDA,
 torch.cuda.max_memory_allocated for ours.
 
-Example (what docs/benchmarks/aggregation.md reports):
-    .venv/bin/python benchmarks/aggregation.py --case a b --ref-modules 2 --repeat 3
+What docs/benchmarks/aggregation.md reports (about 10 + 25 minutes on a loaded 2-core CPU):
+    .venv/bin/python benchmarks/aggregation.py --case a --layers 32 --ref-modules 1 --repeat 3
+    .venv/bin/python benchmarks/aggregation.py --case a b --layers 32 --ref-modules 1 \
+        --repeat 2 --skip-exact
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -279,7 +279,7 @@ class Federation:
         return updates, weights, train_stats
 
     def aggregate(self, state: ServerState, updates: list[dict[str, LoraFactors]], weights: list[float]) -> AggregationResult:
-        targets = {
+        targets: dict[Hashable, TargetSpec] = {
             c.key: TargetSpec(ranks=c.ranks, scalings=self.host.scalings(c.key)) for c in self.classes
         }
         return self.method(updates, weights, targets, self.config.method_options)
@@ -312,7 +312,11 @@ class Federation:
             state.class_factors = None
         else:
             state.global_update = result.global_update
-            state.class_factors = result.client_factors  # type: ignore[assignment]
+            gen = torch.Generator().manual_seed(_seed_for(self.config.seed, 5, state.round))
+            state.class_factors = {
+                str(key): revive_dead_components(factors, gen)
+                for key, factors in (result.client_factors or {}).items()
+            }
         state.round += 1
 
         record: dict[str, Any] = {
@@ -361,3 +365,25 @@ def _zero_tail(f: LoraFactors, rank: int) -> LoraFactors:
     B[:, rank:] = 0
     A[rank:] = 0
     return LoraFactors(B=B, A=A, scaling=f.scaling)
+
+
+def revive_dead_components(factors: Mapping[str, LoraFactors], generator: torch.Generator) -> dict[str, LoraFactors]:
+    """Give zero-padded components (B column and A row both zero) a fresh random A row.
+
+    A component with B[:, i] = 0 and A[i] = 0 gets zero gradient in both and could never
+    train; these appear when a class's rank exceeds what the aggregate holds (rank(dW) or
+    min(out, in)). A random A row with B still zero leaves the update B @ A unchanged.
+    """
+    out = {}
+    for name in sorted(factors):  # sorted: the draw order must not depend on dict order
+        f = factors[name]
+        dead = (f.B.abs().sum(dim=0) == 0) & (f.A.abs().sum(dim=1) == 0)  # (r,)
+        if not bool(dead.any()):
+            out[name] = f
+            continue
+        A = f.A.clone()
+        bound = 1.0 / float(A.shape[1]) ** 0.5  # PEFT's kaiming-uniform bound for A
+        fresh = (torch.rand(int(dead.sum()), A.shape[1], generator=generator) * 2 - 1) * bound
+        A[dead] = fresh.to(A.dtype)
+        out[name] = LoraFactors(B=f.B, A=A, scaling=f.scaling)
+    return out
