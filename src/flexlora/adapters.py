@@ -14,9 +14,10 @@ import logging
 import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, get_peft_model
 from torch import nn
 
 from flexlora.aggregation.base import GlobalUpdate
@@ -42,7 +43,9 @@ def target_module_shapes(model: nn.Module, target_modules: list[str]) -> dict[st
     found = {n.rsplit(".", 1)[-1] for n in shapes}
     missing = sorted(set(target_modules) - found)
     if missing:
-        raise FlexLoraError(f"the model has no linear layer named {missing[0]} (model.target_modules)")
+        raise FlexLoraError(
+            f"the model has no linear layer named {missing[0]} (model.target_modules)"
+        )
     return shapes
 
 
@@ -84,20 +87,21 @@ class AdapterHost:
         self.shapes = target_module_shapes(model, target_modules)
         self.lora = lora
         self.class_ranks = {k: dict(v) for k, v in class_ranks.items()}
-        self.model: PeftModel | None = None
+        self.model: Any = None  # a PeftModel; Any because its attributes resolve dynamically
         for key, ranks in self.class_ranks.items():
             config = self._lora_config(ranks, lora.alpha, lora.dropout, lora.rslora)
             if self.model is None:
-                self.model = get_peft_model(model, config, adapter_name=key)  # type: ignore[arg-type]
+                self.model = get_peft_model(model, config, adapter_name=key)
             else:
                 self.model.add_adapter(key, config)
         assert self.model is not None
+        self._tuner: Any = self.model.base_model  # the LoraModel that owns the adapters
         self._layers = {
             name[len(_PEFT_PREFIX) :]: module
             for name, module in self.model.named_modules()
             if name.startswith(_PEFT_PREFIX) and name[len(_PEFT_PREFIX) :] in self.shapes
         }
-        self.model.base_model.set_adapter(next(iter(self.class_ranks)))
+        self._tuner.set_adapter(next(iter(self.class_ranks)))
 
     def _lora_config(
         self, ranks: Mapping[str, int], alpha: float, dropout: float, rslora: bool
@@ -107,7 +111,7 @@ class AdapterHost:
         default_rank = max(set(ranks.values()), key=list(ranks.values()).count)
         return LoraConfig(
             r=default_rank,
-            lora_alpha=alpha,
+            lora_alpha=alpha,  # type: ignore[arg-type]  # PEFT takes any real alpha
             lora_dropout=dropout,
             use_rslora=rslora,
             target_modules=sorted({n.rsplit(".", 1)[-1] for n in self.shapes}),
@@ -125,7 +129,7 @@ class AdapterHost:
     def activate(self, key: str, *, freeze_A: bool = False) -> list[nn.Parameter]:
         """Make `key` the active adapter and return the parameters to train."""
         assert self.model is not None
-        self.model.base_model.set_adapter(key)
+        self._tuner.set_adapter(key)
         params = []
         for layer in self._layers.values():
             A = layer.lora_A[key].weight
@@ -144,11 +148,14 @@ class AdapterHost:
             B = layer.lora_B[key].weight
             if tuple(A.shape) != tuple(f.A.shape) or tuple(B.shape) != tuple(f.B.shape):
                 raise FlexLoraError(
-                    f"{name}: adapter {key} has rank {A.shape[0]} but the factors have rank {f.rank}"
+                    f"{name}: adapter {key} has rank {A.shape[0]} "
+                    f"but the factors have rank {f.rank}"
                 )
             expected = layer.scaling[key]
             if not math.isclose(expected, f.scaling, rel_tol=1e-6):
-                raise FlexLoraError(f"{name}: adapter {key} scales by {expected}, factors by {f.scaling}")
+                raise FlexLoraError(
+                    f"{name}: adapter {key} scales by {expected}, factors by {f.scaling}"
+                )
             A.copy_(f.A)
             B.copy_(f.B)
 
@@ -166,7 +173,10 @@ class AdapterHost:
 
     def factor_pairs(self, key: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Live (B, A) parameters of adapter `key`, for regularisers on the client step."""
-        return {n: (l.lora_B[key].weight, l.lora_A[key].weight) for n, l in self._layers.items()}
+        return {
+            n: (layer.lora_B[key].weight, layer.lora_A[key].weight)
+            for n, layer in self._layers.items()
+        }
 
     # -- the global model -----------------------------------------------------------
 
@@ -175,8 +185,8 @@ class AdapterHost:
         assert self.model is not None
         if GLOBAL_ADAPTER in self.model.peft_config:
             # Deleting the active adapter makes PEFT warn: step onto a class adapter first.
-            self.model.base_model.set_adapter(next(iter(self.class_ranks)))
-            self.model.base_model.delete_adapter(GLOBAL_ADAPTER)
+            self._tuner.set_adapter(next(iter(self.class_ranks)))
+            self._tuner.delete_adapter(GLOBAL_ADAPTER)
         if update is None:
             return
         # A module whose update is exactly zero still needs rank >= 1 for PEFT.
@@ -195,7 +205,7 @@ class AdapterHost:
                 r = g.A.shape[0]
                 A[:r].copy_(g.A)
                 B[:, :r].copy_(g.B)
-        self.model.base_model.set_adapter(GLOBAL_ADAPTER)
+        self._tuner.set_adapter(GLOBAL_ADAPTER)
 
     @contextmanager
     def global_model(self, update: Mapping[str, GlobalUpdate] | None) -> Iterator[nn.Module]:
@@ -211,7 +221,7 @@ class AdapterHost:
                 yield self.model
         finally:
             self.set_global(None)
-            self.model.base_model.set_adapter(active)
+            self._tuner.set_adapter(active)
 
     @torch.no_grad()
     def merge_into_base(self, update: Mapping[str, GlobalUpdate]) -> None:

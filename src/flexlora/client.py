@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from flexlora.config import FederationConfig
-from flexlora.data.tokenize import TokenizedExample, collate
+from flexlora.data.tokenize import TokenizedExample, TokenizedSplit, collate
 
 # A regulariser over the live (B, A) parameters of every module -> a scalar added to the loss.
 Regularizer = Callable[[], Tensor]
@@ -41,7 +41,9 @@ def num_local_steps(num_examples: int, fed: FederationConfig) -> int:
     return max(1, math.ceil(fed.local_epochs * num_examples / per_step))
 
 
-def _batch_indices(n: int, batch_size: int, count: int, generator: torch.Generator) -> list[list[int]]:
+def _batch_indices(
+    n: int, batch_size: int, count: int, generator: torch.Generator
+) -> list[list[int]]:
     """`count` batches drawn epoch by epoch from fresh permutations (the last batch of an
     epoch may be short: no example is seen twice before all were seen once)."""
     batches: list[list[int]] = []
@@ -69,7 +71,7 @@ def make_optimizer(params: list[nn.Parameter], fed: FederationConfig) -> torch.o
 def train_client(
     model: nn.Module,
     params: list[nn.Parameter],
-    examples: Sequence[TokenizedExample],
+    examples: Sequence[TokenizedExample] | TokenizedSplit,
     fed: FederationConfig,
     *,
     pad_id: int,
@@ -98,7 +100,9 @@ def train_client(
         optimizer.zero_grad(set_to_none=True)
         step_loss = 0.0
         for micro in batches[step * fed.grad_accum : (step + 1) * fed.grad_accum]:
-            batch = {k: v.to(device) for k, v in collate([examples[i] for i in micro], pad_id).items()}
+            batch = {
+                k: v.to(device) for k, v in collate([examples[i] for i in micro], pad_id).items()
+            }
             loss = model(**batch).loss
             step_loss += float(loss.detach()) / fed.grad_accum
             if regularizer is not None:

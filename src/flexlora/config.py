@@ -27,7 +27,7 @@ MODULE_GROUPS: dict[str, tuple[str, ...]] = {
 @dataclass
 class ModelConfig:
     path: str = "builtin:flexlora-tiny"
-    """Local path or hub id of a causal LM; `builtin:flexlora-tiny` is the model shipped in the package."""
+    """Local path or hub id of a causal LM; `builtin:flexlora-tiny` is the shipped model."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """auto: bfloat16 on a GPU that supports it, float32 on the CPU."""
     device: str = "auto"
@@ -69,9 +69,13 @@ class UnseenConfig:
     """A file of held-out task names, one a line (SNI's splits/default/test_tasks.txt)."""
 
     def __post_init__(self) -> None:
-        given = [k for k in ("count", "fraction", "ids", "split_file") if getattr(self, k) is not None]
+        given = [
+            k for k in ("count", "fraction", "ids", "split_file") if getattr(self, k) is not None
+        ]
         if len(given) > 1:
-            raise FlexLoraError(f"data.unseen: give one of count, fraction, ids, split_file, not {given}")
+            raise FlexLoraError(
+                f"data.unseen: give one of count, fraction, ids, split_file, not {given}"
+            )
         if self.count is not None and self.count < 0:
             raise FlexLoraError(f"data.unseen.count must be >= 0, got {self.count}")
         if self.fraction is not None and not 0 <= self.fraction < 1:
@@ -110,10 +114,16 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.kind not in ("synthetic",) and self.path is None:
             raise FlexLoraError(f"data.path is required for data.kind={self.kind}")
-        if self.partition in ("dirichlet", "iid") and (self.num_clients is None or self.num_clients < 1):
-            raise FlexLoraError(f"data.num_clients must be a positive int for partition={self.partition}")
+        if self.partition in ("dirichlet", "iid") and (
+            self.num_clients is None or self.num_clients < 1
+        ):
+            raise FlexLoraError(
+                f"data.num_clients must be a positive int for partition={self.partition}"
+            )
         if self.dirichlet_alpha <= 0:
-            raise FlexLoraError(f"data.dirichlet_alpha must be positive, got {self.dirichlet_alpha}")
+            raise FlexLoraError(
+                f"data.dirichlet_alpha must be positive, got {self.dirichlet_alpha}"
+            )
         if self.max_length < 8:
             raise FlexLoraError(f"data.max_length must be at least 8, got {self.max_length}")
         if self.template == "custom" and not self.custom_template:
@@ -144,11 +154,15 @@ class FederationConfig:
         if not 0 < self.fraction <= 1:
             raise FlexLoraError(f"federation.fraction must be in (0, 1], got {self.fraction}")
         if self.clients_per_round is not None and self.clients_per_round < 1:
-            raise FlexLoraError(f"federation.clients_per_round must be >= 1, got {self.clients_per_round}")
+            raise FlexLoraError(
+                f"federation.clients_per_round must be >= 1, got {self.clients_per_round}"
+            )
         if self.local_steps is not None and self.local_steps < 1:
             raise FlexLoraError(f"federation.local_steps must be >= 1, got {self.local_steps}")
         if self.local_epochs <= 0:
-            raise FlexLoraError(f"federation.local_epochs must be positive, got {self.local_epochs}")
+            raise FlexLoraError(
+                f"federation.local_epochs must be positive, got {self.local_epochs}"
+            )
         if self.batch_size < 1 or self.grad_accum < 1:
             raise FlexLoraError("federation.batch_size and federation.grad_accum must be >= 1")
         if self.lr <= 0:
@@ -160,7 +174,7 @@ class RanksConfig:
     types: list[int | dict[str, int]] = field(default_factory=lambda: [1, 2, 4, 8])
     """Rank types: an int for every module, or a mapping module group / module name -> rank."""
     distribution: str | list[float] = "uniform"
-    """uniform, heavy-tail-light, heavy-tail-strong, normal, extreme, or one probability per type."""
+    """uniform, heavy-tail-light, heavy-tail-strong, normal, extreme, or a probability a type."""
 
     def __post_init__(self) -> None:
         if not self.types:
@@ -266,7 +280,9 @@ def _build(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
     unknown = sorted(set(values) - names)
     if unknown:
         where = f"{prefix}." if prefix else ""
-        raise FlexLoraError(f"unknown config key {where}{unknown[0]} (known: {', '.join(sorted(names))})")
+        raise FlexLoraError(
+            f"unknown config key {where}{unknown[0]} (known: {', '.join(sorted(names))})"
+        )
     kwargs = {
         name: _coerce(value, hints[name], f"{prefix}.{name}" if prefix else name)
         for name, value in values.items()
@@ -304,10 +320,14 @@ def parse_override(text: str) -> tuple[str, Any]:
     try:
         return key, yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
-        raise FlexLoraError(f"--set {key}: cannot parse {raw!r} as YAML ({e.__class__.__name__})") from e
+        raise FlexLoraError(
+            f"--set {key}: cannot parse {raw!r} as YAML ({e.__class__.__name__})"
+        ) from e
 
 
-def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> ExperimentConfig:
+def load_config(
+    path: str | Path | None = None, overrides: typing.Sequence[str] = ()
+) -> ExperimentConfig:
     """Read a YAML file (or start from defaults), apply `KEY=VALUE` overrides, validate."""
     tree: dict[str, Any] = {}
     if path is not None:

@@ -61,7 +61,7 @@ def load_model_and_tokenizer(cfg: ExperimentConfig, device: torch.device) -> tup
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     if tokenizer.eos_token_id is None:
         raise FlexLoraError(f"the tokenizer of {cfg.model.path} has no EOS token")
-    model.to(device)
+    model.to(device)  # type: ignore[arg-type]  # transformers' decorated .to confuses mypy
     model.requires_grad_(False)  # W0 stays frozen: only LoRA factors train
     return model, tokenizer
 
@@ -112,7 +112,10 @@ def run_experiment(
     if empty:
         logger.warning(
             "%d clients have no training example within data.max_length=%d and will not be "
-            "sampled (first: %s)", len(empty), cfg.data.max_length, ", ".join(empty[:5]),
+            "sampled (first: %s)",
+            len(empty),
+            cfg.data.max_length,
+            ", ".join(empty[:5]),
         )
         for cid in empty:
             del dataset.seen[cid], train_examples[cid]
@@ -124,12 +127,20 @@ def run_experiment(
 
     host = AdapterHost(model, cfg.model.target_modules, cfg.lora, {c.key: c.ranks for c in classes})
 
-    def evaluate(model: Any, split: str, clients: Mapping[str, Any], obs: RunObserver) -> dict[str, Any]:
+    def evaluate(
+        model: Any, split: str, clients: Mapping[str, Any], obs: RunObserver
+    ) -> dict[str, Any]:
         total = count_examples(clients, split, cfg.eval)  # type: ignore[arg-type]
         obs.eval_started(f"{split}:{len(clients)} clients", total)
         result = evaluate_clients(
-            model, tokenizer, clients, split, cfg.data, cfg.eval,  # type: ignore[arg-type]
-            device=device, progress=obs.eval_progress,
+            model,
+            tokenizer,
+            clients,
+            split,  # type: ignore[arg-type]  # 'eval' or 'test', from the engine
+            cfg.data,
+            cfg.eval,
+            device=device,
+            progress=obs.eval_progress,
         )
         return result.to_dict()
 
@@ -145,7 +156,12 @@ def run_experiment(
     )
     state = federation.initial_state()
     writer = RunWriter(out_dir, cfg)
-    writer.start(dataset=dataset, classes=classes, client_class=state.client_class, tokenized_stats=tokenized.counts)
+    writer.start(
+        dataset=dataset,
+        classes=classes,
+        client_class=state.client_class,
+        tokenized_stats=tokenized.counts,
+    )
     for _ in range(cfg.federation.rounds):
         record = federation.run_round(state, observer)
         writer.append_round(record)

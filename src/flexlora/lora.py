@@ -58,8 +58,14 @@ class LoraFactors:
         """The dense update `scaling · B @ A`: (out, r) @ (r, in) -> (out, in)."""
         return self.scaling * (self.B @ self.A)
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> LoraFactors:
-        return LoraFactors(self.B.to(device=device, dtype=dtype), self.A.to(device=device, dtype=dtype), self.scaling)
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> LoraFactors:
+        return LoraFactors(
+            self.B.to(device=device, dtype=dtype),
+            self.A.to(device=device, dtype=dtype),
+            self.scaling,
+        )
 
 
 # One client's adapter: module name (e.g. "model.layers.0.self_attn.q_proj") -> factors.

@@ -89,7 +89,9 @@ class RunWriter:
         tokenized_stats: Mapping[str, Any],
     ) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.out_dir / "config.yaml", yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False))
+        atomic_write_text(
+            self.out_dir / "config.yaml", yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False)
+        )
         self.metrics_path.write_text("")
         counts = Counter(client_class.values())
         self.info = {
@@ -102,8 +104,12 @@ class RunWriter:
                 "tokenization": dict(tokenized_stats),
             },
             "rank_classes": [
-                {"key": c.key, "types": c.type_indices, "clients": counts.get(c.key, 0),
-                 "ranks": sorted(set(c.ranks.values()))}
+                {
+                    "key": c.key,
+                    "types": c.type_indices,
+                    "clients": counts.get(c.key, 0),
+                    "ranks": sorted(set(c.ranks.values())),
+                }
                 for c in classes
             ],
         }
@@ -142,7 +148,11 @@ class RunWriter:
             },
             **self.info,
             "history": [
-                {"round": r["round"], "train_loss": r["train_loss"], **_final_metrics(r.get("eval", {}))}
+                {
+                    "round": r["round"],
+                    "train_loss": r["train_loss"],
+                    **_final_metrics(r.get("eval", {})),
+                }
                 for r in history
             ],
         }

@@ -9,7 +9,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # files only: a server or CI has no display
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def _save(fig: Any, path: Path) -> None:
@@ -20,20 +20,28 @@ def _save(fig: Any, path: Path) -> None:
     tmp.replace(path)
 
 
-def plot_run(out_dir: Path, history: Sequence[Mapping[str, Any]], rank_classes: Sequence[Mapping[str, Any]]) -> None:
+def plot_run(
+    out_dir: Path, history: Sequence[Mapping[str, Any]], rank_classes: Sequence[Mapping[str, Any]]
+) -> None:
     """plots/metrics.png, plots/rank_distribution.png, plots/truncation_energy.png."""
     plots = out_dir / "plots"
     rounds = [r["round"] for r in history]
 
     fig, (ax_loss, ax_rouge) = plt.subplots(1, 2, figsize=(10, 3.6))
-    ax_loss.plot(rounds, [r["train_loss"] for r in history], marker="o", label="train loss (clients)")
+    ax_loss.plot(
+        rounds, [r["train_loss"] for r in history], marker="o", label="train loss (clients)"
+    )
     evaluated = [r for r in history if "eval" in r]
     for split, style in (("unseen", "-"), ("seen", "--")):
         points = [(r["round"], r["eval"][split]) for r in evaluated if split in r["eval"]]
         if points:
             xs = [p[0] for p in points]
-            ax_loss.plot(xs, [p[1]["loss"] for p in points], style, marker="s", label=f"{split} loss")
-            ax_rouge.plot(xs, [p[1]["rougeL"] for p in points], style, marker="s", label=f"{split} Rouge-L")
+            ax_loss.plot(
+                xs, [p[1]["loss"] for p in points], style, marker="s", label=f"{split} loss"
+            )
+            ax_rouge.plot(
+                xs, [p[1]["rougeL"] for p in points], style, marker="s", label=f"{split} Rouge-L"
+            )
     for ax, title in ((ax_loss, "loss"), (ax_rouge, "Rouge-L")):
         ax.set_xlabel("round")
         ax.set_title(title)
@@ -53,7 +61,9 @@ def plot_run(out_dir: Path, history: Sequence[Mapping[str, Any]], rank_classes: 
         series = []
         for r in history:
             energy = r.get("aggregation", {}).get("discarded_energy", {})
-            values = [per_target[c["key"]] for per_target in energy.values() if c["key"] in per_target]
+            values = [
+                per_target[c["key"]] for per_target in energy.values() if c["key"] in per_target
+            ]
             series.append(sum(values) / len(values) if values else float("nan"))
         ax.plot(rounds, series, marker="o", label=c["key"])
     ax.set_xlabel("round")
@@ -64,12 +74,16 @@ def plot_run(out_dir: Path, history: Sequence[Mapping[str, Any]], rank_classes: 
     _save(fig, plots / "truncation_energy.png")
 
 
-def plot_comparison(path: Path, table: Mapping[str, Mapping[str, tuple[float, float]]], metric: str) -> None:
+def plot_comparison(
+    path: Path, table: Mapping[str, Mapping[str, tuple[float, float]]], metric: str
+) -> None:
     """Grouped bars: methods × distributions, mean ± std over seeds."""
     methods = list(table)
     distributions = sorted({d for row in table.values() for d in row})
     width = 0.8 / max(1, len(distributions))
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(methods) * max(1, len(distributions)) / 2), 3.8))
+    fig, ax = plt.subplots(
+        figsize=(max(6, 1.2 * len(methods) * max(1, len(distributions)) / 2), 3.8)
+    )
     for j, dist in enumerate(distributions):
         xs = [i + j * width for i in range(len(methods))]
         means = [table[m].get(dist, (float("nan"), 0.0))[0] for m in methods]

@@ -63,7 +63,9 @@ def distribution_probabilities(distribution: str | Sequence[float], num_types: i
         if any(not math.isfinite(p) or p < 0 for p in probs) or not math.isclose(
             sum(probs), 1.0, abs_tol=1e-6
         ):
-            raise FlexLoraError(f"ranks.distribution must be non-negative and sum to 1, got {probs}")
+            raise FlexLoraError(
+                f"ranks.distribution must be non-negative and sum to 1, got {probs}"
+            )
         return probs
     if distribution not in PAPER_DISTRIBUTIONS:
         raise FlexLoraError(

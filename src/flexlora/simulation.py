@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,8 +20,8 @@ from flexlora.adapters import AdapterHost, initial_factors
 from flexlora.aggregation import get_method
 from flexlora.aggregation.base import AggregationResult, GlobalUpdate, TargetSpec
 from flexlora.client import train_client
-from flexlora.data.tokenize import TokenizedSplit
 from flexlora.config import ExperimentConfig
+from flexlora.data.tokenize import TokenizedSplit
 from flexlora.data.types import FederatedDataset
 from flexlora.errors import FlexLoraError
 from flexlora.lora import LoraFactors
@@ -93,7 +93,7 @@ class ServerState:
 
 
 def build_rank_classes(
-    types: list[RankType], shapes: Mapping[str, tuple[int, int]]
+    types: Sequence[RankType], shapes: Mapping[str, tuple[int, int]]
 ) -> tuple[list[RankClass], dict[int, str]]:
     """Resolve every rank type to per-module ranks; types that cap to the same ranks merge."""
     classes: dict[tuple[tuple[str, int], ...], RankClass] = {}
@@ -151,7 +151,7 @@ class Federation:
             client_class=client_class,
             class_factors=self.fresh_factors(round_index=0),
             global_update=None,
-            sample_rng=sample_rng.bit_generator.state,
+            sample_rng=dict(sample_rng.bit_generator.state),
         )
 
     def fresh_factors(self, round_index: int) -> dict[str, dict[str, LoraFactors]]:
@@ -183,7 +183,7 @@ class Federation:
         rng = np.random.default_rng()
         rng.bit_generator.state = state.sample_rng
         chosen = sorted(rng.choice(len(ids), size=count, replace=False).tolist())
-        state.sample_rng = rng.bit_generator.state
+        state.sample_rng = dict(rng.bit_generator.state)
         return [ids[i] for i in chosen]
 
     def _hetlora_options(self) -> Any:
@@ -236,7 +236,9 @@ class Federation:
             out[name] = _zero_tail(f, new)
         return out
 
-    def train_round(self, state: ServerState, clients: list[str], observer: RunObserver) -> tuple[list[dict[str, LoraFactors]], list[float], dict[str, Any]]:
+    def train_round(
+        self, state: ServerState, clients: list[str], observer: RunObserver
+    ) -> tuple[list[dict[str, LoraFactors]], list[float], dict[str, Any]]:
         cfg = self.config
         updates: list[dict[str, LoraFactors]] = []
         weights: list[float] = []
@@ -246,14 +248,17 @@ class Federation:
             key = state.client_class[cid]
             start = (fresh or state.class_factors or {})[key]
             if cid in state.client_ranks:
-                start = {n: _zero_tail(f, state.client_ranks[cid].get(n, f.rank)) for n, f in start.items()}
+                start = {
+                    n: _zero_tail(f, state.client_ranks[cid].get(n, f.rank))
+                    for n, f in start.items()
+                }
             self.host.load(key, start)
             params = self.host.activate(key, freeze_A=cfg.method == "ffa")
             seed = _seed_for(cfg.seed, 4, state.round, index)
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                 torch.manual_seed(seed)  # dropout only, scoped: the caller's RNG is restored
                 result = train_client(
-                    self.host.model,  # type: ignore[arg-type]
+                    self.host.model,
                     params,
                     self.train_examples[cid],
                     cfg.federation,
@@ -278,9 +283,12 @@ class Federation:
         }
         return updates, weights, train_stats
 
-    def aggregate(self, state: ServerState, updates: list[dict[str, LoraFactors]], weights: list[float]) -> AggregationResult:
+    def aggregate(
+        self, state: ServerState, updates: list[dict[str, LoraFactors]], weights: list[float]
+    ) -> AggregationResult:
         targets: dict[Hashable, TargetSpec] = {
-            c.key: TargetSpec(ranks=c.ranks, scalings=self.host.scalings(c.key)) for c in self.classes
+            c.key: TargetSpec(ranks=c.ranks, scalings=self.host.scalings(c.key))
+            for c in self.classes
         }
         return self.method(updates, weights, targets, self.config.method_options)
 
@@ -367,7 +375,9 @@ def _zero_tail(f: LoraFactors, rank: int) -> LoraFactors:
     return LoraFactors(B=B, A=A, scaling=f.scaling)
 
 
-def revive_dead_components(factors: Mapping[str, LoraFactors], generator: torch.Generator) -> dict[str, LoraFactors]:
+def revive_dead_components(
+    factors: Mapping[str, LoraFactors], generator: torch.Generator
+) -> dict[str, LoraFactors]:
     """Give zero-padded components (B column and A row both zero) a fresh random A row.
 
     A component with B[:, i] = 0 and A[i] = 0 gets zero gradient in both and could never

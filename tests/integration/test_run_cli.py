@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flexlora.cli import main
 from engine_fixtures import make_tiny_model
+from flexlora.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 ASSETS = REPO.parent / "shared" / "assets"
@@ -25,7 +25,8 @@ def quick_overrides(model: Path, cache: Path) -> list[str]:
     return [
         f"model.path={model}",
         f"data.cache_dir={cache}",
-        "data.synthetic={num_clients: 12, train_per_client: 16, eval_per_client: 2, test_per_client: 2}",
+        "data.synthetic={num_clients: 12, train_per_client: 16, "
+        "eval_per_client: 2, test_per_client: 2}",
         "data.max_length=128",
         "federation.rounds=3",
         "federation.clients_per_round=3",
@@ -36,6 +37,11 @@ def quick_overrides(model: Path, cache: Path) -> list[str]:
         "eval.max_new_tokens=4",
         "eval.max_examples_per_client=2",
     ]
+
+
+def set_args(sets: list[str]) -> list[str]:
+    """["a=1", "b=2"] -> ["--set", "a=1", "--set", "b=2"]"""
+    return [arg for s in sets for arg in ("--set", s)]
 
 
 def run_cli(args: list[str]) -> int:
@@ -51,7 +57,7 @@ def test_run_leaves_every_output_and_the_loss_falls(tiny_model: Path, tmp_path: 
     out = tmp_path / "run"
     sets = quick_overrides(tiny_model, tmp_path / "cache")
     # Execute
-    code = run_cli(["run", "--quiet", "--out", str(out), *sum((["--set", s] for s in sets), [])])
+    code = run_cli(["run", "--quiet", "--out", str(out), *set_args(sets)])
     # Assert
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
@@ -77,14 +83,20 @@ def test_run_leaves_every_output_and_the_loss_falls(tiny_model: Path, tmp_path: 
 
 def test_same_seed_same_metrics(tiny_model: Path, tmp_path: Path) -> None:
     sets = [*quick_overrides(tiny_model, tmp_path / "cache"), "federation.rounds=2"]
-    args = sum((["--set", s] for s in sets), [])
+    args = set_args(sets)
     assert run_cli(["run", "--quiet", "--out", str(tmp_path / "a"), *args]) == 0
     assert run_cli(["run", "--quiet", "--out", str(tmp_path / "b"), *args]) == 0
-    a, b = read_jsonl(tmp_path / "a" / "metrics.jsonl"), read_jsonl(tmp_path / "b" / "metrics.jsonl")
+    a, b = (
+        read_jsonl(tmp_path / "a" / "metrics.jsonl"),
+        read_jsonl(tmp_path / "b" / "metrics.jsonl"),
+    )
     for ra, rb in zip(a, b, strict=True):
         assert ra["clients"] == rb["clients"]
         assert ra["train_loss"] == rb["train_loss"]
-        assert ra["eval"]["unseen"] == {**rb["eval"]["unseen"], "seconds": ra["eval"]["unseen"]["seconds"]}
+        assert ra["eval"]["unseen"] == {
+            **rb["eval"]["unseen"],
+            "seconds": ra["eval"]["unseen"]["seconds"],
+        }
     c_args = [*args, "--set", "seed=1"]
     assert run_cli(["run", "--quiet", "--out", str(tmp_path / "c"), *c_args]) == 0
     c = read_jsonl(tmp_path / "c" / "metrics.jsonl")
@@ -93,20 +105,26 @@ def test_same_seed_same_metrics(tiny_model: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("method", ["zeropad", "hetlora", "flora", "ffa"])
 def test_every_heterogeneous_baseline_runs(method: str, tiny_model: Path, tmp_path: Path) -> None:
-    sets = [*quick_overrides(tiny_model, tmp_path / "cache"), "federation.rounds=2", f"method={method}"]
+    sets = [
+        *quick_overrides(tiny_model, tmp_path / "cache"),
+        "federation.rounds=2",
+        f"method={method}",
+    ]
     if method == "hetlora":
         sets.append("method_options={gamma: 0.5, reg_lambda: 0.01}")
     out = tmp_path / method
-    assert run_cli(["run", "--quiet", "--out", str(out), *sum((["--set", s] for s in sets), [])]) == 0
+    assert run_cli(["run", "--quiet", "--out", str(out), *set_args(sets)]) == 0
     rounds = read_jsonl(out / "metrics.jsonl")
     assert len(rounds) == 2 and rounds[-1]["eval"]["unseen"]["loss"] > 0
     assert (out / "adapters" / "global" / "adapter_model.safetensors").is_file()
 
 
-def test_fedit_refuses_mixed_ranks(tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_fedit_refuses_mixed_ranks(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     sets = [*quick_overrides(tiny_model, tmp_path / "cache"), "method=fedit"]
     out = tmp_path / "fedit"
-    assert run_cli(["run", "--quiet", "--out", str(out), *sum((["--set", s] for s in sets), [])]) == 2
+    assert run_cli(["run", "--quiet", "--out", str(out), *set_args(sets)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "fedit" in err[0] and "single rank type" in err[0]
     assert not out.exists()
@@ -133,12 +151,26 @@ def test_bad_config_is_one_line_exit_2(
 
 
 def test_compare_writes_table_two(tiny_model: Path, tmp_path: Path) -> None:
-    sets = [*quick_overrides(tiny_model, tmp_path / "cache"), "federation.rounds=1", "eval.seen=false"]
+    sets = [
+        *quick_overrides(tiny_model, tmp_path / "cache"),
+        "federation.rounds=1",
+        "eval.seen=false",
+    ]
     out = tmp_path / "cmp"
     code = run_cli(
-        ["compare", "--quiet", "--out", str(out), "--methods", "fedit-min,flexlora",
-         "--distributions", "uniform,heavy-tail-light", "--seeds", "2",
-         *sum((["--set", s] for s in sets), [])]
+        [
+            "compare",
+            "--quiet",
+            "--out",
+            str(out),
+            "--methods",
+            "fedit-min,flexlora",
+            "--distributions",
+            "uniform,heavy-tail-light",
+            "--seeds",
+            "2",
+            *set_args(sets),
+        ]
     )
     assert code == 0
     text = (out / "results.md").read_text()
@@ -154,15 +186,21 @@ def test_compare_writes_table_two(tiny_model: Path, tmp_path: Path) -> None:
 
 
 def test_every_preset_loads_and_runs_one_round(tiny_model: Path, tmp_path: Path) -> None:
-    """configs/**.yaml: each opens with its command, validates, and runs a round on the tiny model."""
+    """configs/**.yaml: each opens with its command, validates, runs a round on the tiny model."""
     from fixtures.data_fixtures import make_ni_folder
 
     ni = make_ni_folder(tmp_path / "ni", {str(i): (6, 2, 2) for i in range(12)})
     dolly = tmp_path / "dolly.jsonl"
-    dolly.write_text("".join(
-        json.dumps({"instruction": f"Say {w} {i}.", "context": "", "response": w, "category": c}) + "\n"
-        for i in range(60) for w, c in [(("alpha", "open_qa"), ("beta", "brainstorming"))[i % 2]]
-    ))
+    dolly.write_text(
+        "".join(
+            json.dumps(
+                {"instruction": f"Say {w} {i}.", "context": "", "response": w, "category": c}
+            )
+            + "\n"
+            for i in range(60)
+            for w, c in [(("alpha", "open_qa"), ("beta", "brainstorming"))[i % 2]]
+        )
+    )
     presets = sorted((REPO / "configs").rglob("*.yaml"))
     assert len(presets) >= 4
     for preset in presets:
@@ -171,10 +209,16 @@ def test_every_preset_loads_and_runs_one_round(tiny_model: Path, tmp_path: Path)
         kind = yaml.safe_load(preset.read_text())["data"]["kind"]
         data_path = {"flexlora-ni": ni, "dolly": dolly}.get(kind)
         sets = [
-            f"model.path={tiny_model}", f"data.cache_dir={tmp_path / 'cache'}",
-            "federation.rounds=1", "federation.clients_per_round=2", "federation.local_steps=1",
-            "federation.batch_size=2", "eval.max_new_tokens=2", "eval.max_examples_per_client=1",
-            "eval.every=1", "data.max_length=128",
+            f"model.path={tiny_model}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "federation.rounds=1",
+            "federation.clients_per_round=2",
+            "federation.local_steps=1",
+            "federation.batch_size=2",
+            "eval.max_new_tokens=2",
+            "eval.max_examples_per_client=1",
+            "eval.every=1",
+            "data.max_length=128",
         ]
         if kind == "synthetic":
             sets.append("data.synthetic={num_clients: 12, train_per_client: 4}")
@@ -185,23 +229,54 @@ def test_every_preset_loads_and_runs_one_round(tiny_model: Path, tmp_path: Path)
         if "types" in yaml.safe_load(preset.read_text()).get("ranks", {}):
             sets.append("ranks.types=[2, 4]")
         out = tmp_path / preset.stem
-        assert run_cli(["run", str(preset), "--quiet", "--out", str(out), *sum((["--set", s] for s in sets), [])]) == 0, preset
+        assert (
+            run_cli(
+                [
+                    "run",
+                    str(preset),
+                    "--quiet",
+                    "--out",
+                    str(out),
+                    *set_args(sets),
+                ]
+            )
+            == 0
+        ), preset
         assert json.loads((out / "summary.json").read_text())["rounds_completed"] == 1
 
 
-@pytest.mark.skipif(not (ASSETS / "models" / "stories260K").is_dir(), reason=f"{ASSETS} not found: real-model test skipped")
+@pytest.mark.skipif(
+    not (ASSETS / "models" / "stories260K").is_dir(),
+    reason=f"{ASSETS} not found: real-model test skipped",
+)
 def test_two_rounds_on_real_ni_with_stories260k(tmp_path: Path) -> None:
     out = tmp_path / "ni"
     sets = [
         f"model.path={ASSETS / 'models' / 'stories260K'}",
         f"data.path={ASSETS / 'ni-flexlora' / 'en-64-clients-100-20-20'}",
         f"data.cache_dir={tmp_path / 'cache'}",
-        "federation.rounds=2", "federation.clients_per_round=2", "federation.local_steps=2",
-        "federation.batch_size=2", "eval.max_new_tokens=4", "eval.max_examples_per_client=1",
+        "federation.rounds=2",
+        "federation.clients_per_round=2",
+        "federation.local_steps=2",
+        "federation.batch_size=2",
+        "eval.max_new_tokens=4",
+        "eval.max_examples_per_client=1",
         "data.unseen.count=2",
     ]
     preset = REPO / "configs" / "ni-64-stories260k.yaml"
-    assert run_cli(["run", str(preset), "--quiet", "--out", str(out), *sum((["--set", s] for s in sets), [])]) == 0
+    assert (
+        run_cli(
+            [
+                "run",
+                str(preset),
+                "--quiet",
+                "--out",
+                str(out),
+                *set_args(sets),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rounds_completed"] == 2
     assert summary["data"]["unseen_clients"] == 2

@@ -26,8 +26,13 @@ from flexlora.simulation import _zero_tail, build_rank_classes, revive_dead_comp
 def tiny_llama() -> LlamaForCausalLM:
     torch.manual_seed(0)  # test-only fixed base model
     config = LlamaConfig(
-        vocab_size=50, hidden_size=16, intermediate_size=40, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32,
+        vocab_size=50,
+        hidden_size=16,
+        intermediate_size=40,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
     )
     return LlamaForCausalLM(config).double().eval()
 
@@ -44,7 +49,7 @@ def test_paper_distributions_and_explicit_probabilities() -> None:
         distribution_probabilities([0.2, 0.3, 0.5], 2)
     with pytest.raises(FlexLoraError, match="sum to 1"):
         distribution_probabilities([0.2, 0.3], 2)
-    with pytest.raises(FlexLoraError, match="unknown ranks.distribution"):
+    with pytest.raises(FlexLoraError, match=r"unknown ranks\.distribution"):
         distribution_probabilities("skewed", 4)
 
 
@@ -58,15 +63,23 @@ def test_rank_assignment_is_seeded_and_follows_the_distribution() -> None:
     np.testing.assert_allclose(share, probs, atol=0.02)
 
 
-def test_rank_types_resolve_per_module_and_cap_at_min_shape(caplog: pytest.LogCaptureFixture) -> None:
-    shapes = {"l.0.self_attn.q_proj": (16, 16), "l.0.mlp.up_proj": (40, 16), "l.0.mlp.down_proj": (16, 40)}
+def test_rank_types_resolve_per_module_and_cap_at_min_shape(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    shapes = {
+        "l.0.self_attn.q_proj": (16, 16),
+        "l.0.mlp.up_proj": (40, 16),
+        "l.0.mlp.down_proj": (16, 40),
+    }
     ranks = resolve_rank_type(PAPER_RANK_TYPES[2], shapes)  # {attention: 30, mlp: 200}
     assert ranks == {"l.0.self_attn.q_proj": 16, "l.0.mlp.up_proj": 16, "l.0.mlp.down_proj": 16}
     assert "capped at 16" in caplog.text
     assert resolve_rank_type({"attention": 2, "up_proj": 3, "mlp": 5}, shapes) == {
-        "l.0.self_attn.q_proj": 2, "l.0.mlp.up_proj": 3, "l.0.mlp.down_proj": 5,
+        "l.0.self_attn.q_proj": 2,
+        "l.0.mlp.up_proj": 3,
+        "l.0.mlp.down_proj": 5,
     }
-    with pytest.raises(FlexLoraError, match="no rank for module l.0.mlp.up_proj"):
+    with pytest.raises(FlexLoraError, match=r"no rank for module l\.0\.mlp\.up_proj"):
         resolve_rank_type({"attention": 2}, shapes)
 
 
@@ -80,7 +93,9 @@ def test_types_that_cap_to_the_same_ranks_share_one_class() -> None:
 def test_dead_components_get_a_fresh_A_row_and_the_update_is_unchanged() -> None:
     B = torch.tensor([[1.0, 0.0, 0.0], [2.0, 0.0, 0.0]])  # (2, 3): columns 1, 2 zero
     A = torch.tensor([[1.0, 1.0], [3.0, 4.0], [0.0, 0.0]])  # (3, 2): row 2 zero
-    out = revive_dead_components({"m": LoraFactors(B, A, 0.5)}, torch.Generator().manual_seed(0))["m"]
+    out = revive_dead_components({"m": LoraFactors(B, A, 0.5)}, torch.Generator().manual_seed(0))[
+        "m"
+    ]
     assert torch.equal(out.A[:2], A[:2])  # live, or B-dead but A-alive: untouched
     assert out.A[2].abs().sum() > 0 and out.A[2].abs().max() <= 1 / math.sqrt(2)
     assert torch.equal(out.delta(), LoraFactors(B, A, 0.5).delta())
@@ -101,11 +116,16 @@ def test_adapter_host_swaps_factors_and_serves_w0_plus_dw() -> None:
         base_logits = model(ids).logits.clone()
     shapes = target_module_shapes(model, ["q_proj", "v_proj", "up_proj"])
     classes = {"rank-2": dict.fromkeys(shapes, 2), "rank-4": dict.fromkeys(shapes, 4)}
-    host = AdapterHost(model, ["q_proj", "v_proj", "up_proj"], LoraSettings(alpha=8, dropout=0.0), classes)
+    host = AdapterHost(
+        model, ["q_proj", "v_proj", "up_proj"], LoraSettings(alpha=8, dropout=0.0), classes
+    )
     gen = torch.Generator().manual_seed(1)
     factors = {
-        n: LoraFactors(torch.randn(o, 4, generator=gen, dtype=torch.float64),
-                       torch.randn(4, i, generator=gen, dtype=torch.float64), 2.0)
+        n: LoraFactors(
+            torch.randn(o, 4, generator=gen, dtype=torch.float64),
+            torch.randn(4, i, generator=gen, dtype=torch.float64),
+            2.0,
+        )
         for n, (o, i) in shapes.items()
     }
     # Execute: load into rank-4 and read back; serve a global update
@@ -133,6 +153,8 @@ def test_adapter_host_swaps_factors_and_serves_w0_plus_dw() -> None:
 
 
 def test_initial_factors_follow_peft_default_init() -> None:
-    f = initial_factors({"m": (6, 100)}, {"m": 3}, {"m": 1.0}, torch.Generator().manual_seed(0))["m"]
+    f = initial_factors({"m": (6, 100)}, {"m": 3}, {"m": 1.0}, torch.Generator().manual_seed(0))[
+        "m"
+    ]
     assert f.B.abs().sum() == 0 and f.A.shape == (3, 100)
     assert f.A.abs().max() <= 0.1 and f.A.std() > 0.04  # U(-1/√in, 1/√in) has std 0.0577

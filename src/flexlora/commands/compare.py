@@ -31,15 +31,25 @@ HOMOGENEOUS = {"fedit-min": min, "fedit-max": max}
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("compare", help="methods × rank distributions, like the paper's Table 2")
-    add_config_arguments(parser)
-    parser.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated (default {DEFAULT_METHODS})")
-    parser.add_argument(
-        "--distributions", default=DEFAULT_DISTRIBUTIONS,
-        help=f"comma-separated, from {', '.join(DISTRIBUTION_NAMES)} (default {DEFAULT_DISTRIBUTIONS})",
+    parser = subparsers.add_parser(
+        "compare", help="methods × rank distributions, like the paper's Table 2"
     )
-    parser.add_argument("--seeds", type=int, default=1, help="seeds per cell: seed, seed+1, ... (default 1)")
-    parser.add_argument("--out", type=Path, help="output directory (default runs/compare-<timestamp>)")
+    add_config_arguments(parser)
+    parser.add_argument(
+        "--methods", default=DEFAULT_METHODS, help=f"comma-separated (default {DEFAULT_METHODS})"
+    )
+    parser.add_argument(
+        "--distributions",
+        default=DEFAULT_DISTRIBUTIONS,
+        help=f"comma-separated, from {', '.join(DISTRIBUTION_NAMES)} "
+        f"(default {DEFAULT_DISTRIBUTIONS})",
+    )
+    parser.add_argument(
+        "--seeds", type=int, default=1, help="seeds per cell: seed, seed+1, ... (default 1)"
+    )
+    parser.add_argument(
+        "--out", type=Path, help="output directory (default runs/compare-<timestamp>)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=main)
 
@@ -57,7 +67,9 @@ def _rank_size(rank_type: Any) -> float:
     return float(rank_type) if isinstance(rank_type, int) else float(sum(rank_type.values()))
 
 
-def cell_config(base: ExperimentConfig, method: str, distribution: str, seed: int) -> ExperimentConfig:
+def cell_config(
+    base: ExperimentConfig, method: str, distribution: str, seed: int
+) -> ExperimentConfig:
     """The base config with method, distribution and seed set (and one type for fedit-*)."""
     from dataclasses import replace
 
@@ -93,13 +105,22 @@ def main(args: argparse.Namespace) -> int:
     seeds = [base.seed + i for i in range(args.seeds)]
 
     console = Console(stderr=True, quiet=args.quiet)
-    results: dict[str, dict[str, list[dict[str, Any]]]] = {m: {d: [] for d in distributions} for m in methods}
-    cells = [(m, d, s) for m in methods for d in distributions for s in seeds
-             if not (m in HOMOGENEOUS and d != distributions[0])]
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {
+        m: {d: [] for d in distributions} for m in methods
+    }
+    cells = [
+        (m, d, s)
+        for m in methods
+        for d in distributions
+        for s in seeds
+        if not (m in HOMOGENEOUS and d != distributions[0])
+    ]
     for i, (method, dist, seed) in enumerate(cells, 1):
         cfg = cell_config(base, method, dist, seed)
         label = method if method in HOMOGENEOUS else f"{method}/{dist}"
-        cell_dir = out / "cells" / method / ("all" if method in HOMOGENEOUS else dist) / f"seed{seed}"
+        cell_dir = (
+            out / "cells" / method / ("all" if method in HOMOGENEOUS else dist) / f"seed{seed}"
+        )
         console.print(f"[{i}/{len(cells)}] {label} seed {seed}")
         if args.quiet:
             result = run_experiment(cfg, cell_dir, RunObserver())
@@ -115,14 +136,16 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    values = [v for v in values if v is not None]
+def _mean_std(given: list[float | None]) -> tuple[float, float]:
+    values = [v for v in given if v is not None]
     if not values:
         return float("nan"), float("nan")
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def summarise(results: dict[str, dict[str, list[dict[str, Any]]]], metric: str) -> dict[str, dict[str, tuple[float, float]]]:
+def summarise(
+    results: dict[str, dict[str, list[dict[str, Any]]]], metric: str
+) -> dict[str, dict[str, tuple[float, float]]]:
     return {
         m: {d: _mean_std([r.get(metric) for r in runs]) for d, runs in row.items()}
         for m, row in results.items()
@@ -140,23 +163,38 @@ def results_table(results: dict[str, dict[str, list[dict[str, Any]]]], metric: s
     return table
 
 
-def write_results(out: Path, results: dict[str, dict[str, list[dict[str, Any]]]], seeds: list[int]) -> None:
+def write_results(
+    out: Path, results: dict[str, dict[str, list[dict[str, Any]]]], seeds: list[int]
+) -> None:
     from flexlora.plots import plot_comparison
 
     distributions = list(next(iter(results.values())))
     lines = [f"# flexlora compare (seeds {', '.join(map(str, seeds))})", ""]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["metric", "method", *[f"{d} {s}" for d in distributions for s in ("mean", "std")]])
+    writer.writerow(
+        ["metric", "method", *[f"{d} {s}" for d in distributions for s in ("mean", "std")]]
+    )
     for metric in ("unseen_rougeL", "unseen_loss"):
         table = summarise(results, metric)
-        lines += [f"## {metric}", "", "| method | " + " | ".join(distributions) + " |",
-                  "|---|" + "---:|" * len(distributions)]
+        lines += [
+            f"## {metric}",
+            "",
+            "| method | " + " | ".join(distributions) + " |",
+            "|---|" + "---:|" * len(distributions),
+        ]
         for m, row in table.items():
-            lines.append(f"| {m} | " + " | ".join(f"{row[d][0]:.2f} ± {row[d][1]:.2f}" for d in distributions) + " |")
+            lines.append(
+                f"| {m} | "
+                + " | ".join(f"{row[d][0]:.2f} ± {row[d][1]:.2f}" for d in distributions)
+                + " |"
+            )
             writer.writerow([metric, m, *[f"{v:.4f}" for d in distributions for v in row[d]]])
         lines.append("")
-    lines.append("fedit-min / fedit-max: every client at the smallest / largest rank type; one run per seed fills every column.")
+    lines.append(
+        "fedit-min / fedit-max: every client at the smallest / largest rank type; "
+        "one run per seed fills every column."
+    )
     atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
     atomic_write_text(out / "results.csv", buffer.getvalue())
     atomic_write_text(out / "results.json", to_json(results, indent=2))

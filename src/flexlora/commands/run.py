@@ -15,9 +15,15 @@ from flexlora.errors import FlexLoraError
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", nargs="?", help="YAML config (default: the offline default experiment)")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "config", nargs="?", help="YAML config (default: the offline default experiment)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a config key, VALUE parsed as YAML (e.g. --set federation.rounds=3)",
     )
 
@@ -64,7 +70,9 @@ def _fmt(value: Any, digits: int = 2) -> str:
 
 def print_summary(console: Console, summary: dict[str, Any], out: Path) -> None:
     """A short table a newcomer can read: what improved, by how much, and where it is."""
-    table = Table(title=f"flexlora run · method {summary['method']} · {summary['rounds_completed']} rounds")
+    table = Table(
+        title=f"flexlora run · method {summary['method']} · {summary['rounds_completed']} rounds"
+    )
     table.add_column("round", justify="right")
     table.add_column("train loss", justify="right")
     table.add_column("unseen loss", justify="right")
