@@ -1,6 +1,6 @@
 """Client training throughput: flexlora's client step against a bare transformers + PEFT loop.
 
-    .venv/bin/python benchmarks/client_throughput.py [--rank 8] [--clients 4] [--steps 10]
+    .venv/bin/python benchmarks/client_throughput.py [--rank 8] [--clients 2] [--steps 10]
         [--batch-size 8] [--repeats 7] [--threads 2]
 
 ours:  the engine's client step as flexlora.simulation runs it: an AdapterHost holding one
@@ -76,7 +76,9 @@ def load(path: str) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def batch_orders(n: int, batch_size: int, count: int, generator: torch.Generator) -> list[list[int]]:
+def batch_orders(
+    n: int, batch_size: int, count: int, generator: torch.Generator
+) -> list[list[int]]:
     """`count` batches from fresh permutations, epoch by epoch (what train_client draws)."""
     batches: list[list[int]] = []
     while len(batches) < count:
@@ -88,7 +90,9 @@ def batch_orders(n: int, batch_size: int, count: int, generator: torch.Generator
 def pad_batch(split: TokenizedSplit, rows: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad the examples `rows` of `split`: each output (batch, longest) int64."""
     examples = [split[i] for i in rows]
-    ids = torch.nn.utils.rnn.pad_sequence([e.input_ids for e in examples], batch_first=True, padding_value=pad_id)
+    ids = torch.nn.utils.rnn.pad_sequence(
+        [e.input_ids for e in examples], batch_first=True, padding_value=pad_id
+    )
     labels = torch.nn.utils.rnn.pad_sequence(
         [e.labels for e in examples], batch_first=True, padding_value=IGNORE_INDEX
     )
@@ -136,7 +140,9 @@ class Bare:
         shapes = target_module_shapes(model, TARGETS)
         ranks = {min(rank, *s) for s in shapes.values()}
         if len(ranks) != 1:
-            raise SystemExit(f"--rank {rank} exceeds a module's size on {path}: pick a smaller rank")
+            raise SystemExit(
+                f"--rank {rank} exceeds a module's size on {path}: pick a smaller rank"
+            )
         config = LoraConfig(
             r=ranks.pop(),
             lora_alpha=lora.alpha,
@@ -186,7 +192,9 @@ def run_side(
             t = side.client_step(start, data, SEED + index)
         tokens += t.tokens
         losses.append(t.loss)
-    return Timing(time.perf_counter() - wall, time.process_time() - cpu, tokens, statistics.fmean(losses))
+    return Timing(
+        time.perf_counter() - wall, time.process_time() - cpu, tokens, statistics.fmean(losses)
+    )
 
 
 def describe(label: str, runs: list[Timing]) -> tuple[float, str]:
@@ -195,7 +203,8 @@ def describe(label: str, runs: list[Timing]) -> tuple[float, str]:
     med = statistics.median(rates)
     text = (
         f"  {label:5s} {med:9.0f} tokens/s wall (spread {min(rates):.0f}-{max(rates):.0f}), "
-        f"{statistics.median(cpu_rates):9.0f} tokens/CPU-s, {statistics.median(r.wall for r in runs):.2f} s a repeat"
+        f"{statistics.median(cpu_rates):9.0f} tokens/CPU-s, "
+        f"{statistics.median(r.wall for r in runs):.2f} s a repeat"
     )
     return med, text
 
@@ -226,7 +235,8 @@ def bench_model(name: str, path: str, args: argparse.Namespace) -> float:
     lengths = [int(n) for c in clients for n in c.lengths]
     print(
         f"\n{name}: {path}\n  clients {', '.join(ids)}; {sum(map(len, clients))} examples, "
-        f"{statistics.mean(lengths):.0f} tokens mean ({min(lengths)}-{max(lengths)}), max_length {max_length}; "
+        f"{statistics.mean(lengths):.0f} tokens mean ({min(lengths)}-{max(lengths)}), "
+        f"max_length {max_length}; "
         f"rank {args.rank}, {args.steps} steps x batch {args.batch_size} per client"
     )
 
@@ -243,12 +253,18 @@ def bench_model(name: str, path: str, args: argparse.Namespace) -> float:
             sink.append(fn())
 
     if ours_runs[0].tokens != bare_runs[0].tokens:
-        raise SystemExit(f"token counts differ: ours {ours_runs[0].tokens}, bare {bare_runs[0].tokens}")
+        raise SystemExit(
+            f"token counts differ: ours {ours_runs[0].tokens}, bare {bare_runs[0].tokens}"
+        )
     loss_gap = max(abs(o.loss - b.loss) for o, b in zip(ours_runs, bare_runs, strict=True))
     ours_rate, ours_text = describe("ours", ours_runs)
     bare_rate, bare_text = describe("bare", bare_runs)
-    pair_ratios = [(o.tokens / o.wall) / (b.tokens / b.wall) for o, b in zip(ours_runs, bare_runs, strict=True)]
-    cpu_ratio = statistics.median(b.cpu for b in bare_runs) / statistics.median(o.cpu for o in ours_runs)
+    pair_ratios = [
+        (o.tokens / o.wall) / (b.tokens / b.wall) for o, b in zip(ours_runs, bare_runs, strict=True)
+    ]
+    cpu_ratio = statistics.median(b.cpu for b in bare_runs) / statistics.median(
+        o.cpu for o in ours_runs
+    )
     print(ours_text)
     print(bare_text)
     print(
@@ -258,7 +274,8 @@ def bench_model(name: str, path: str, args: argparse.Namespace) -> float:
     ratio = ours_rate / bare_rate
     print(
         f"  ratio ours/bare: {ratio:.3f} (median wall tokens/s; per-pair ratios "
-        f"{min(pair_ratios):.3f}-{max(pair_ratios):.3f}, median {statistics.median(pair_ratios):.3f}; "
+        f"{min(pair_ratios):.3f}-{max(pair_ratios):.3f}, "
+        f"median {statistics.median(pair_ratios):.3f}; "
         f"CPU-time ratio {cpu_ratio:.3f}); goal >= 0.95"
     )
     if loss_gap > 1e-4:
@@ -267,10 +284,12 @@ def bench_model(name: str, path: str, args: argparse.Namespace) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--clients", type=int, default=4, help="synthetic clients trained a repeat")
-    parser.add_argument("--steps", type=int, default=10, help="local steps a client")
+    parser.add_argument("--clients", type=int, default=2, help="synthetic clients trained a repeat")
+    parser.add_argument("--steps", type=int, default=5, help="local steps a client")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
@@ -287,15 +306,22 @@ def main() -> None:
     if (BUILTIN_MODELS["flexlora-tiny"] / "model.safetensors").is_file():
         models.append(("builtin:flexlora-tiny", resolve_model_path("builtin:flexlora-tiny")))
     else:
-        print(f"note: {BUILTIN_MODELS['flexlora-tiny']} is incomplete: stories260K stands in for it")
+        print(
+            f"note: {BUILTIN_MODELS['flexlora-tiny']} is incomplete: stories260K stands in for it"
+        )
     if (stories / "config.json").is_file():
         models.append(("stories260K", str(stories.resolve())))
     else:
         print(f"note: {stories} not found: stories260K skipped")
     if not models:
-        raise SystemExit("no model to benchmark: neither the builtin model nor stories260K is present")
+        raise SystemExit(
+            "no model to benchmark: neither the builtin model nor stories260K is present"
+        )
     ratios = {name: bench_model(name, path, args) for name, path in models}
-    print("\nsummary (ours/bare, median wall tokens/s): " + ", ".join(f"{k} {v:.3f}" for k, v in ratios.items()))
+    print(
+        "\nsummary (ours/bare, median wall tokens/s): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in ratios.items())
+    )
 
 
 if __name__ == "__main__":

@@ -191,7 +191,8 @@ class EvalConfig:
     """Evaluate every N rounds (and always after the last)."""
     mode: Literal["generate", "teacher-forced"] = "generate"
     """generate: Rouge-L of greedy generations; teacher-forced: Rouge-L of argmax tokens (fast)."""
-    max_new_tokens: int = 32
+    max_new_tokens: int = 16
+    """Generation length; the synthetic suite's answers fit in 12 tokens, real data wants 64."""
     batch_size: int = 16
     max_examples_per_client: int | None = None
     seen: bool = True
