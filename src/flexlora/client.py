@@ -100,15 +100,14 @@ def train_client(
         optimizer.zero_grad(set_to_none=True)
         step_loss = 0.0
         for micro in batches[step * fed.grad_accum : (step + 1) * fed.grad_accum]:
-            batch = {
-                k: v.to(device) for k, v in collate([examples[i] for i in micro], pad_id).items()
-            }
+            cpu_batch = collate([examples[i] for i in micro], pad_id)
+            tokens += int(cpu_batch["attention_mask"].sum())  # counted on the CPU: no GPU sync
+            batch = {k: v.to(device) for k, v in cpu_batch.items()}
             loss = model(**batch).loss
             step_loss += float(loss.detach()) / fed.grad_accum
             if regularizer is not None:
                 loss = loss + regularizer()
             (loss / fed.grad_accum).backward()
-            tokens += int(batch["attention_mask"].sum())
             seen += len(micro)
         if not math.isfinite(step_loss):
             raise FloatingPointError(f"training loss became {step_loss} at local step {step}")
