@@ -33,7 +33,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from flexlora.data.synthetic import pretraining_examples
-from flexlora.data.synthetic.words import pick, pseudo_sentence, pseudo_word
+from flexlora.data.synthetic.words import pick, pseudo_word
 from flexlora.data.types import Example
 from flexlora.errors import FlexLoraError
 
@@ -72,7 +72,7 @@ class BuildConfig:
     lr: float = 3e-3
     warmup_steps: int = 30
     weight_decay: float = 0.01
-    text_fraction: float = 0.05
+    text_fraction: float = 0.35
     """Share of corpus documents that are plain pseudo-word text rather than instructions."""
     tokenizer_docs: int = 20_000
     threads: int = 2
@@ -113,15 +113,27 @@ def format_example(example: Example) -> str:
 
 
 def plain_text(rng: Generator) -> str:
-    """A document of generic pseudo-word text: sentences, a list, or counting."""
-    kind = int(rng.integers(3))
-    if kind == 0:
-        return " ".join(pseudo_sentence(rng) for _ in range(int(rng.integers(2, 6))))
-    if kind == 1:
-        sep = pick(rng, (", ", "\n", " "))
-        return sep.join(pseudo_word(rng) for _ in range(int(rng.integers(3, 10))))
-    start = int(rng.integers(0, 90))
-    return " ".join(str(start + i) for i in range(int(rng.integers(4, 12))))
+    """A document of generic text whose second half is predictable from the first.
+
+    Mostly a random run of pseudo-words (or numbers) said two or three times: every
+    repeated token is a dense training signal for copying from the context (induction),
+    the skill nearly every task family needs and the hardest one to get from the sparse
+    response tokens of instruction examples alone. The rest counts upwards.
+    """
+    kind = int(rng.integers(4))
+    if kind == 3:
+        start = int(rng.integers(0, 90))
+        return " ".join(str(start + i) for i in range(int(rng.integers(4, 12))))
+    n = int(rng.integers(3, 9))
+    if kind == 2:
+        items = [
+            str(int(rng.integers(100))) if rng.random() < 0.4 else pseudo_word(rng)
+            for _ in range(n)
+        ]
+    else:
+        items = [pseudo_word(rng, 1, 2) for _ in range(n)]
+    run = pick(rng, (" ", ", ")).join(items)
+    return pick(rng, ("\n", " | ", ". ")).join([run] * int(rng.integers(2, 4)))
 
 
 def corpus_documents(n: int, rng: Generator, text_fraction: float) -> list[Document]:
@@ -370,6 +382,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = replace(config, compile=False)
     if args.steps is not None:
         config = replace(config, steps=args.steps)
+    if args.lr is not None:
+        config = replace(config, lr=args.lr)
+    if args.text_fraction is not None:
+        config = replace(config, text_fraction=args.text_fraction)
     loss = build(config, args.out)
     logger.info("final loss %.4f, wrote %s", loss, args.out)
     return 0
