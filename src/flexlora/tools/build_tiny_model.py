@@ -72,7 +72,7 @@ class BuildConfig:
     lr: float = 3e-3
     warmup_steps: int = 30
     weight_decay: float = 0.01
-    text_fraction: float = 0.35
+    text_fraction: float = 0.05
     """Share of corpus documents that are plain pseudo-word text rather than instructions."""
     tokenizer_docs: int = 20_000
     threads: int = 2
