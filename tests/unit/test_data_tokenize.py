@@ -235,6 +235,27 @@ def test_slow_tokenizer_fallback_uses_the_prompt_length() -> None:
     assert split[0].labels.tolist()[:6] == [IGNORE_INDEX] * 6
 
 
+@pytest.mark.parametrize("tokenizer", ["fast", "slow"])
+def test_chunked_tokenisation_equals_one_chunk_per_example(
+    tokenizer: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Texts are built and ids stored a chunk at a time: chunk edges must change nothing."""
+    short = Example("count letters", "", "apple", "c")
+    examples = [SORT, short] * 11 + [SORT]  # 23 examples: chunks of 5 leave a partial last one
+    tok = WORD_TOK if tokenizer == "fast" else SlowTokenizer()
+    cfg = DataConfig(kind="jsonl", path="x", template="plain", max_length=8)
+    monkeypatch.setattr(tokenize_module, "ENCODE_CHUNK", 5)
+    chunked, chunked_status = tokenize_module._tokenize(examples, tok, cfg)
+    singles = [tokenize_examples([e], tok, cfg) for e in examples]
+    assert chunked.ids.dtype == np.int32
+    assert chunked.ids.tolist() == [i for s in singles for i in s.ids.tolist()]
+    assert chunked.lengths.tolist() == [int(s.lengths[0]) for s in singles]
+    assert chunked.prompt_lengths.tolist() == [int(s.prompt_lengths[0]) for s in singles]
+    assert chunked.example_index.tolist() == list(range(len(examples)))
+    assert chunked.counts == {"truncated": 12, "dropped": 0, "dropped_no_target": 0}
+    assert chunked_status.tolist() == [1, 0] * 11 + [1]
+
+
 def test_collate_right_pads() -> None:
     split = tokenize_examples(
         [SORT, Example("count letters", "", "apple", "c")],

@@ -230,20 +230,20 @@ def _encode_prefixes(
 
 
 def _encode_fast(
-    backend: Any, texts: list[str], prompt_chars: list[int], max_length: int
-) -> Iterable[tuple[Any, int]]:
+    backend: Any, chunks: Iterable[tuple[list[str], list[int]]], max_length: int
+) -> Iterator[tuple[Any, int]]:
     """(Encoding, prompt length in tokens) per text, from one batch call per chunk of texts.
 
-    When `prefix_cut_is_exact`, a text is cut at a safe point a little past where its
-    first `max_length` tokens should end (estimated from the characters per token seen
-    so far); a cut text that still gives fewer than `max_length` tokens is cut again
+    `chunks` yields (texts, characters of each text's prompt). When
+    `prefix_cut_is_exact`, a text is cut at a safe point a little past where its first
+    `max_length` tokens should end (estimated from the characters per token seen so
+    far); a cut text that still gives fewer than `max_length` tokens is cut again
     further on. The ids of a cut text are then the exact first tokens of the whole text,
     and there are at least `max_length` of them: the example is over-long either way.
     """
     cut_ok = prefix_cut_is_exact(backend)
     chars_per_token = 4.0  # a first guess, replaced by what each chunk measures
-    for start in range(0, len(texts), ENCODE_CHUNK):
-        chunk = texts[start : start + ENCODE_CHUNK]
+    for chunk, prompt_chars in chunks:
         if not cut_ok:
             # the call the transformers wrapper makes, without turning every field into lists
             used, encodings = chunk, backend.encode_batch(chunk, add_special_tokens=True)
@@ -251,9 +251,7 @@ def _encode_fast(
             used, encodings = _encode_prefixes(backend, chunk, max_length, chars_per_token)
             ratios = [len(u) / len(e) for e, u in zip(encodings, used, strict=True) if len(e)]
             chars_per_token = float(np.percentile(ratios, CUT_PERCENTILE)) if ratios else 4.0
-        for encoding, text, boundary in zip(
-            encodings, used, prompt_chars[start : start + ENCODE_CHUNK], strict=True
-        ):
+        for encoding, text, boundary in zip(encodings, used, prompt_chars, strict=True):
             prompt_length = len(encoding)
             # the token holding the first target character; some characters (e.g. spaces a
             # normaliser drops) map to no token, so look further along the target
@@ -277,11 +275,14 @@ class _TokenList:
         return len(self.ids)
 
 
-def _encode_slow(tokenizer: Any, texts: list[str], prompts: list[str]) -> Iterable[tuple[Any, int]]:
-    """(ids, prompt length): the whole text and the prompt alone, each tokenised in one call."""
-    full = tokenizer(texts, add_special_tokens=True)["input_ids"]
-    prompt_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
-    return ((_TokenList(ids), len(p)) for ids, p in zip(full, prompt_ids, strict=True))
+def _encode_slow(
+    tokenizer: Any, chunks: Iterable[tuple[list[str], list[str]]]
+) -> Iterator[tuple[Any, int]]:
+    """(ids, prompt length): per chunk, the whole texts and the prompts alone, one call each."""
+    for texts, prompts in chunks:
+        full = tokenizer(texts, add_special_tokens=True)["input_ids"]
+        prompt_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
+        yield from ((_TokenList(ids), len(p)) for ids, p in zip(full, prompt_ids, strict=True))
 
 
 # Per-example outcome of tokenisation (kept as is, kept cut, or left out and why).
@@ -295,27 +296,53 @@ def _count(status: np.ndarray) -> dict[str, int]:
     return {name: int(tally[code]) for code, name in _STATUS_KEYS.items()}
 
 
+def _texts(
+    examples: Sequence[Example], cfg: DataConfig
+) -> Iterator[tuple[list[str], list[str]]]:
+    """(prompt + target texts, prompts) per chunk of ENCODE_CHUNK examples.
+
+    Built a chunk at a time so that a federation's formatted texts never all exist at once.
+    """
+    for start in range(0, len(examples), ENCODE_CHUNK):
+        chunk = examples[start : start + ENCODE_CHUNK]
+        prompts = [format_prompt(e, cfg.template, cfg.custom_template) for e in chunk]
+        texts = [
+            p + format_target(e, cfg.template, cfg.custom_template)
+            for p, e in zip(prompts, chunk, strict=True)
+        ]
+        yield texts, prompts
+
+
 def _tokenize(
     examples: Sequence[Example], tokenizer: Any, cfg: DataConfig
 ) -> tuple[TokenizedSplit, np.ndarray]:
     """The tokenised split and the (n,) status of every input example."""
     check_template(cfg.template, cfg.custom_template)
     eos = _eos_id(tokenizer)
-    prompts = [format_prompt(e, cfg.template, cfg.custom_template) for e in examples]
-    texts = [
-        p + format_target(e, cfg.template, cfg.custom_template)
-        for p, e in zip(prompts, examples, strict=True)
-    ]
     backend = _backend(tokenizer)
+    encoded: Iterator[tuple[Any, int]]
     if backend is not None:
-        encoded = _encode_fast(backend, texts, [len(p) for p in prompts], cfg.max_length)
+        chunks = ((texts, [len(p) for p in prompts]) for texts, prompts in _texts(examples, cfg))
+        encoded = _encode_fast(backend, chunks, cfg.max_length)
     else:
-        encoded = _encode_slow(tokenizer, texts, prompts)
+        encoded = _encode_slow(tokenizer, _texts(examples, cfg))
 
     status = np.zeros(len(examples), dtype=np.int8)
-    kept: list[list[int]] = []
+    # Kept ids go into int32 arrays a chunk at a time: a federation's ids held as Python
+    # int lists would cost ~10x the memory and leave the heap fragmented after.
+    id_chunks: list[np.ndarray] = []
+    pending: list[list[int]] = []
+    lengths: list[int] = []
     prompt_lengths: list[int] = []
     example_index: list[int] = []
+
+    def flush() -> None:
+        count = sum(len(ids) for ids in pending)
+        id_chunks.append(
+            np.fromiter(itertools.chain.from_iterable(pending), dtype=np.int32, count=count)
+        )
+        pending.clear()
+
     for k, (encoding, prompt_length) in enumerate(encoded):
         if len(encoding) > cfg.max_length and (
             cfg.drop_overlong or (prompt_length >= cfg.max_length and not cfg.train_on_inputs)
@@ -337,15 +364,18 @@ def _tokenize(
         if prompt_length >= len(ids) and not cfg.train_on_inputs:
             status[k] = DROPPED_NO_TARGET
             continue
-        kept.append(ids)
+        pending.append(ids)
+        lengths.append(len(ids))
         prompt_lengths.append(prompt_length)
         example_index.append(k)
+        if len(pending) == ENCODE_CHUNK:
+            flush()
+    flush()
 
-    offsets = np.zeros(len(kept) + 1, dtype=np.int64)
-    np.cumsum([len(ids) for ids in kept], out=offsets[1:])
-    flat = np.fromiter(itertools.chain.from_iterable(kept), dtype=np.int32, count=int(offsets[-1]))
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
     tokenized = TokenizedSplit(
-        ids=flat,
+        ids=np.concatenate(id_chunks),
         offsets=offsets,
         prompt_lengths=np.asarray(prompt_lengths, dtype=np.int32),
         example_index=np.asarray(example_index, dtype=np.int32),
