@@ -367,6 +367,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--steps", type=int, default=None, help="override the number of pretraining steps"
     )
+    parser.add_argument("--lr", type=float, default=None, help="override the peak learning rate")
+    parser.add_argument("--text-fraction", type=float, default=None, help="override text_fraction")
     parser.add_argument(
         "--no-compile", action="store_true", help="train eagerly (no C++ compiler needed, slower)"
     )
