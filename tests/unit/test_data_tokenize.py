@@ -146,17 +146,31 @@ def test_fast_path_matches_the_transformers_tokenizer_and_offsets() -> None:
         assert split[k].prompt_length == first_target
 
 
+def _byte_level_tokenizer() -> Any:
+    """The shipped model's tokenizer: byte-level BPE after Digits + the GPT-2 split."""
+    from transformers import AutoTokenizer
+
+    from flexlora.assets import resolve_model_path
+
+    return AutoTokenizer.from_pretrained(resolve_model_path("builtin:flexlora-tiny"))
+
+
+@pytest.mark.parametrize("kind", ["sentencepiece", "byte-level"])
 @pytest.mark.parametrize("max_length", [16, 48, 200])
 def test_prefix_cut_gives_exactly_the_full_tokenisation(
-    max_length: int, monkeypatch: pytest.MonkeyPatch
+    max_length: int, kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert prefix_cut_is_exact(BPE_TOK.backend_tokenizer)
+    tok = BPE_TOK if kind == "sentencepiece" else _byte_level_tokenizer()
+    assert prefix_cut_is_exact(tok.backend_tokenizer)
     rng = np.random.default_rng(max_length)
     # a first chunk of short tokens (digits) sets a low characters-per-token estimate, so
     # that the later texts of whole-word tokens are cut too short and tokenised again
     digits = [Example(" ".join(map(str, rng.integers(0, 9, 400))), "", "1", "c") for _ in range(64)]
     examples = [*digits, *_texts(300, rng, 1, 120)]
     examples.append(Example("a" + " " * 900 + "b", "", "tail", "c"))  # no space after a non-space
+    # white space other than single spaces around the cut points: newlines, tabs, runs
+    tricky = "Sort these:\n\n  3 1 2\t apple, banana's 42x  yes\n no " * 40
+    examples.append(Example(tricky, tricky, "done", "c"))
     cfg = DataConfig(kind="jsonl", path="x", max_length=max_length, template="plain")
     monkeypatch.setattr(tokenize_module, "ENCODE_CHUNK", 64)  # several chunks: the estimate adapts
     calls: list[list[str]] = []
@@ -173,13 +187,13 @@ def test_prefix_cut_gives_exactly_the_full_tokenisation(
             return self.backend.encode_batch(texts, **kwargs)
 
     monkeypatch.setattr(tokenize_module, "_backend", lambda tok: Spy(tok.backend_tokenizer))
-    cut, cut_status = tokenize_module._tokenize(examples, BPE_TOK, cfg)
+    cut, cut_status = tokenize_module._tokenize(examples, tok, cfg)
     # texts were cut short, and the ones cut too short were tokenised again whole
     full_texts = {format_prompt(e, "plain") + e.output for e in examples}
     assert any(text not in full_texts for batch in calls for text in batch)
     assert len(calls) > -(-len(examples) // 64)
     monkeypatch.setattr(tokenize_module, "prefix_cut_is_exact", lambda backend: False)
-    full, full_status = tokenize_module._tokenize(examples, BPE_TOK, cfg)
+    full, full_status = tokenize_module._tokenize(examples, tok, cfg)
     assert np.array_equal(cut.ids, full.ids) and np.array_equal(cut.offsets, full.offsets)
     assert np.array_equal(cut.prompt_lengths, full.prompt_lengths)
     assert np.array_equal(cut_status, full_status) and cut.counts == full.counts
@@ -196,6 +210,16 @@ def test_prefix_cut_is_refused_when_merges_cross_spaces() -> None:
     )
     assert not prefix_cut_is_exact(tok)  # its vocabulary has tokens such as "the▁"
     assert not prefix_cut_is_exact(WORD_TOK.backend_tokenizer)  # not BPE
+    byte_level = _byte_level_tokenizer().backend_tokenizer
+    assert prefix_cut_is_exact(byte_level)
+    no_regex = Tokenizer.from_str(byte_level.to_str())
+    no_regex.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    assert not prefix_cut_is_exact(no_regex)  # one piece per text: merges may cross spaces
+    other_split = Tokenizer.from_str(byte_level.to_str())
+    other_split.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(" ", "merged_with_next"), pre_tokenizers.ByteLevel(use_regex=True)]
+    )
+    assert not prefix_cut_is_exact(other_split)  # an unknown splitter: not trusted
     wrapped = wrap_tokenizer(tok)
     examples = _texts(50, np.random.default_rng(1), 1, 60)
     split = tokenize_examples(
