@@ -22,8 +22,8 @@ from flexlora.data.dataset import load_federated_dataset
 from flexlora.data.tokenize import TokenizedCache
 from flexlora.errors import FlexLoraError
 from flexlora.evaluate import count_examples, evaluate_clients
-from flexlora.outputs import RunWriter
-from flexlora.simulation import Federation, RunObserver, build_rank_classes
+from flexlora.outputs import Checkpoint, RunWriter
+from flexlora.simulation import Federation, RunObserver, ServerState, build_rank_classes
 
 logger = logging.getLogger(__name__)
 
@@ -89,9 +89,18 @@ class ExperimentResult:
 
 
 def run_experiment(
-    cfg: ExperimentConfig, out_dir: Path, observer: RunObserver | None = None
+    cfg: ExperimentConfig,
+    out_dir: Path,
+    observer: RunObserver | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> ExperimentResult:
-    """Run `cfg` end to end and leave its results under `out_dir`."""
+    """Run `cfg` end to end and leave its results under `out_dir`.
+
+    After every round the server state is saved to `out_dir/checkpoint.pt`. Given that
+    `checkpoint` (read back with `read_checkpoint`), the run goes on from the round after
+    it and ends exactly as an uninterrupted run would: every random draw of a round is
+    seeded from (seed, round), and the client sampler's state is part of the checkpoint.
+    """
     observer = observer or RunObserver()
     started = time.perf_counter()
     device = pick_device(cfg.model.device)
@@ -155,20 +164,45 @@ def run_experiment(
         evaluate=evaluate,
     )
     state = federation.initial_state()
+    seconds_before = 0.0
+    if checkpoint is not None:
+        state = resume_state(checkpoint, state, host)
+        seconds_before = checkpoint.seconds
+        logger.info("resuming after round %d of %d", state.round, cfg.federation.rounds)
     writer = RunWriter(out_dir, cfg)
     writer.start(
         dataset=dataset,
         classes=classes,
         client_class=state.client_class,
         tokenized_stats=tokenized.counts,
+        resumed_rounds=state.round,
     )
-    for _ in range(cfg.federation.rounds):
+    while state.round < cfg.federation.rounds:
         record = federation.run_round(state, observer)
         writer.append_round(record)
+        writer.checkpoint(state, seconds_before + time.perf_counter() - started)
     summary = writer.finish(
         state=state,
         federation=federation,
         tokenizer=tokenizer,
-        seconds_total=time.perf_counter() - started,
+        seconds_total=seconds_before + time.perf_counter() - started,
     )
     return ExperimentResult(out_dir=out_dir, summary=summary)
+
+
+def resume_state(checkpoint: Checkpoint, fresh: ServerState, host: AdapterHost) -> ServerState:
+    """The checkpoint's server state, checked against a fresh start of the same run.
+
+    The rank assignment is drawn from the seed, so a fresh start must draw the same one:
+    a difference means the data changed since the run began. Updates FLoRA had merged
+    into the base weights are merged again, in their order, into the freshly loaded model.
+    """
+    state = ServerState.from_state_dict(checkpoint.state)
+    if state.client_class != fresh.client_class:
+        raise FlexLoraError(
+            "--resume: the clients differ from those the run started with "
+            "(the data or the tokenizer changed since)"
+        )
+    for update in state.merged:
+        host.merge_into_base(update)
+    return state

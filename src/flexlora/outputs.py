@@ -1,8 +1,9 @@
 """What a run leaves in its directory.
 
-config.yaml (resolved), metrics.jsonl (one line a round), summary.json, adapters/global/
-and adapters/rank-<r>/ as PEFT folders, plots/*.png. Files are written atomically
-(temp file + rename), so a crash never leaves half a file.
+config.yaml (resolved), metrics.jsonl (one line a round), checkpoint.pt (the server state
+after the last completed round, for `flexlora run --resume`), summary.json,
+adapters/global/ and adapters/rank-<r>/ as PEFT folders, plots/*.png. Files are written
+atomically (temp file + rename), so a crash never leaves half a file.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ import os
 import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from flexlora.config import ExperimentConfig, config_to_dict
+from flexlora.errors import FlexLoraError
 
 if TYPE_CHECKING:
     from flexlora.data.types import FederatedDataset
@@ -34,6 +37,23 @@ def atomic_write_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_FORMAT = 1
+
+
+def atomic_torch_save(path: Path, obj: Any) -> None:
+    import torch
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -87,12 +107,20 @@ class RunWriter:
         classes: Sequence[RankClass],
         client_class: Mapping[str, str],
         tokenized_stats: Mapping[str, Any],
+        resumed_rounds: int = 0,
     ) -> None:
+        """Write config.yaml and start metrics.jsonl; a resumed run keeps its first
+        `resumed_rounds` lines (a line past the checkpoint belongs to a round that is
+        run again)."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(
             self.out_dir / "config.yaml", yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False)
         )
-        self.metrics_path.write_text("")
+        kept = ""
+        if resumed_rounds:
+            lines = self.metrics_path.read_text().splitlines(keepends=True)
+            kept = "".join(lines[:resumed_rounds])
+        atomic_write_text(self.metrics_path, kept)
         counts = Counter(client_class.values())
         self.info = {
             "data": {
@@ -118,6 +146,24 @@ class RunWriter:
         with self.metrics_path.open("a") as f:
             f.write(to_json(record) + "\n")
             f.flush()
+
+    def checkpoint(self, state: ServerState, seconds_so_far: float) -> None:
+        """Save the server state after a completed round (replacing the previous one).
+
+        The round records go in as JSON text, as in metrics.jsonl, so that the file holds
+        nothing but tensors and plain values and loads with `weights_only=True`.
+        """
+        server_state = state.state_dict()
+        server_state["history"] = to_json(server_state["history"])
+        atomic_torch_save(
+            self.out_dir / CHECKPOINT,
+            {
+                "format": CHECKPOINT_FORMAT,
+                "config": config_to_dict(self.cfg),
+                "state": server_state,
+                "seconds": seconds_so_far,
+            },
+        )
 
     def finish(
         self, *, state: ServerState, federation: Federation, tokenizer: Any, seconds_total: float
@@ -164,6 +210,45 @@ class RunWriter:
         except ImportError as e:  # matplotlib is a dependency; say so if a broken install lacks it
             logger.warning("plots skipped: %s", e)
         return summary
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What `flexlora run --resume` starts from."""
+
+    config: dict[str, Any]
+    """The run's resolved config, as config.yaml holds it."""
+    state: dict[str, Any]
+    """`ServerState.state_dict()` after the last completed round."""
+    seconds: float
+    """Wall time the run had spent up to then."""
+
+    @property
+    def rounds_completed(self) -> int:
+        return int(self.state["round"])
+
+
+def read_checkpoint(out_dir: Path) -> Checkpoint:
+    """The checkpoint of the run in `out_dir`; FlexLoraError when missing or damaged."""
+    import torch
+
+    path = out_dir / CHECKPOINT
+    if not out_dir.is_dir():
+        raise FlexLoraError(f"--resume: {out_dir} is not a directory")
+    if not path.is_file():
+        raise FlexLoraError(
+            f"--resume: {out_dir} has no {CHECKPOINT} (no round of a flexlora run completed there)"
+        )
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if saved.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"format {saved.get('format')!r}, expected {CHECKPOINT_FORMAT}")
+        state = dict(saved["state"])
+        state["history"] = json.loads(state["history"])
+        return Checkpoint(dict(saved["config"]), state, float(saved["seconds"]))
+    except Exception as e:  # any damage to the file is the same user-facing fact
+        reason = (str(e).strip().splitlines() or [""])[0][:200]  # torch's can run to pages
+        raise FlexLoraError(f"--resume: {path} is unreadable ({type(e).__name__}: {reason})") from e
 
 
 def _final_metrics(evaluation: Mapping[str, Any]) -> dict[str, Any]:

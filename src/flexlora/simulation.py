@@ -76,12 +76,19 @@ class ServerState:
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def state_dict(self) -> dict[str, Any]:
+        """Tensors, numbers, strings, lists and dicts only: `torch.load(weights_only=True)`
+        reads it back without unpickling any class."""
         return {
             "round": self.round,
             "client_class": dict(self.client_class),
-            "class_factors": self.class_factors,
-            "global_update": self.global_update,
-            "merged": self.merged,
+            "class_factors": None
+            if self.class_factors is None
+            else {
+                key: {m: {"B": f.B, "A": f.A, "scaling": f.scaling} for m, f in factors.items()}
+                for key, factors in self.class_factors.items()
+            },
+            "global_update": _updates_to_dict(self.global_update),
+            "merged": [_updates_to_dict(u) for u in self.merged],
             "client_ranks": self.client_ranks,
             "sample_rng": self.sample_rng,
             "history": self.history,
@@ -89,7 +96,38 @@ class ServerState:
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, Any]) -> ServerState:
-        return cls(**state)
+        factors = state["class_factors"]
+        return cls(
+            round=int(state["round"]),
+            client_class=dict(state["client_class"]),
+            class_factors=None
+            if factors is None
+            else {
+                key: {m: LoraFactors(f["B"], f["A"], float(f["scaling"])) for m, f in fs.items()}
+                for key, fs in factors.items()
+            },
+            global_update=_updates_from_dict(state["global_update"]),
+            merged=[u for u in map(_updates_from_dict, state["merged"]) if u is not None],
+            client_ranks=dict(state["client_ranks"]),
+            sample_rng=dict(state["sample_rng"]),
+            history=list(state["history"]),
+        )
+
+
+def _updates_to_dict(
+    updates: Mapping[str, GlobalUpdate] | None,
+) -> dict[str, dict[str, torch.Tensor | None]] | None:
+    if updates is None:
+        return None
+    return {m: {"B": u.B, "A": u.A, "S": u.singular_values} for m, u in updates.items()}
+
+
+def _updates_from_dict(
+    updates: Mapping[str, Mapping[str, torch.Tensor | None]] | None,
+) -> dict[str, GlobalUpdate] | None:
+    if updates is None:
+        return None
+    return {m: GlobalUpdate(u["B"], u["A"], u["S"]) for m, u in updates.items()}  # type: ignore[arg-type]
 
 
 def build_rank_classes(

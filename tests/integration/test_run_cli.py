@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 
 from engine_fixtures import make_tiny_model
 from flexlora.cli import main
+from flexlora.config import load_config
+from flexlora.experiment import run_experiment
+from flexlora.simulation import RunObserver
 
 REPO = Path(__file__).resolve().parents[2]
 ASSETS = REPO.parent / "shared" / "assets"
@@ -281,3 +287,86 @@ def test_two_rounds_on_real_ni_with_stories260k(tmp_path: Path) -> None:
     assert summary["rounds_completed"] == 2
     assert summary["data"]["unseen_clients"] == 2
     assert summary["final"]["unseen_loss"] > 0
+
+
+class CrashAtRound(RunObserver):
+    """Stands in for a crash: raises as round `round_index` starts."""
+
+    def __init__(self, round_index: int) -> None:
+        self.round_index = round_index
+
+    def round_started(self, round_index: int, clients: list[str]) -> None:
+        if round_index == self.round_index:
+            raise KeyboardInterrupt
+
+
+def without_timings(value: Any) -> Any:
+    """A metrics record with every wall-clock field ("...seconds") taken out."""
+    if isinstance(value, dict):
+        return {k: without_timings(v) for k, v in value.items() if not k.endswith("seconds")}
+    if isinstance(value, list):
+        return [without_timings(v) for v in value]
+    return value
+
+
+@pytest.mark.parametrize("method", ["flexlora", "hetlora", "flora"])
+def test_resume_after_a_crash_ends_as_an_uninterrupted_run(
+    method: str, tiny_model: Path, tmp_path: Path
+) -> None:
+    # Prepare: hetlora carries per-client pruned ranks, flora merges into the base weights
+    sets = [*quick_overrides(tiny_model, tmp_path / "cache"), f"method={method}"]
+    if method == "hetlora":
+        sets.append("method_options={gamma: 0.5, reg_lambda: 0.01}")
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    assert run_cli(["run", "--quiet", "--out", str(straight), *set_args(sets)]) == 0
+    cfg = load_config(None, sets)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, crashed, CrashAtRound(3))
+    assert len(read_jsonl(crashed / "metrics.jsonl")) == 2
+    assert not (crashed / "summary.json").exists()
+    # a line written after the checkpoint (a crash between the two) must not survive
+    with (crashed / "metrics.jsonl").open("a") as f:
+        f.write('{"round": 3, "partial": true}\n')
+    # Execute
+    assert run_cli(["run", "--quiet", "--resume", str(crashed)]) == 0
+    # Assert: the same records, adapters and final metrics as the uninterrupted run
+    a, b = read_jsonl(straight / "metrics.jsonl"), read_jsonl(crashed / "metrics.jsonl")
+    assert [r["round"] for r in b] == [1, 2, 3]
+    assert without_timings(a) == without_timings(b)
+    for name in ("global", *(["rank-2", "rank-4", "rank-8"] if method != "flora" else [])):
+        tensors_a = load_file(straight / "adapters" / name / "adapter_model.safetensors")
+        tensors_b = load_file(crashed / "adapters" / name / "adapter_model.safetensors")
+        assert tensors_a.keys() == tensors_b.keys()
+        assert all(torch.equal(tensors_a[k], tensors_b[k]) for k in tensors_a)
+    summary_a = json.loads((straight / "summary.json").read_text())
+    summary_b = json.loads((crashed / "summary.json").read_text())
+    assert summary_b["rounds_completed"] == 3
+    assert summary_a["final"] == summary_b["final"]
+    assert without_timings(summary_a["history"]) == without_timings(summary_b["history"])
+
+
+def test_resume_refuses_bad_requests(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sets = [*quick_overrides(tiny_model, tmp_path / "cache"), "federation.rounds=1"]
+    done = tmp_path / "done"
+    assert run_cli(["run", "--quiet", "--out", str(done), *set_args(sets)]) == 0
+    capsys.readouterr()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    cases = [
+        (["--resume", str(done)], "already completed its 1 rounds"),
+        (["--resume", str(done), "--set", "federation.rounds=2"], "give no CONFIG, --set or --out"),
+        (["--resume", str(empty)], "has no checkpoint.pt"),
+        (["--resume", str(tmp_path / "missing")], "is not a directory"),
+        (["--resume", str(damaged)], "is unreadable"),
+    ]
+    for args, message in cases:
+        before = sorted(p.name for p in tmp_path.rglob("*"))
+        assert run_cli(["run", "--quiet", *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (args, err)
+        assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written

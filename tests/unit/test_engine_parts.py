@@ -171,16 +171,20 @@ def test_server_state_round_trips_through_torch_save(tmp_path) -> None:  # type:
         client_class={"a": "rank-2", "b": "rank-4"},
         class_factors={"rank-2": {"m": f}},
         global_update={"m": GlobalUpdate(B=torch.randn(4, 3), A=torch.randn(3, 3))},
+        merged=[{"m": GlobalUpdate(torch.randn(4, 1), torch.randn(1, 3), torch.tensor([2.0]))}],
         client_ranks={"a": {"m": 1}},
         sample_rng=dict(rng.bit_generator.state),
         history=[{"round": 1, "train_loss": 1.5}],
     )
     torch.save(state.state_dict(), tmp_path / "state.pt")
-    back = ServerState.from_state_dict(torch.load(tmp_path / "state.pt", weights_only=False))
+    # plain tensors and values only: loads without unpickling any class
+    back = ServerState.from_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
     assert back.round == 2 and back.client_class == state.client_class
     assert back.client_ranks == {"a": {"m": 1}} and back.history == state.history
     assert torch.equal(back.class_factors["rank-2"]["m"].B, f.B)  # type: ignore[index]
     assert torch.equal(back.global_update["m"].A, state.global_update["m"].A)  # type: ignore[index]
+    assert back.class_factors["rank-2"]["m"].scaling == 0.5  # type: ignore[index]
+    assert torch.equal(back.merged[0]["m"].singular_values, torch.tensor([2.0]))  # type: ignore[arg-type]
     restored = np.random.default_rng()
     restored.bit_generator.state = back.sample_rng
     assert restored.random() == rng.random()  # the sampler resumes exactly where it was

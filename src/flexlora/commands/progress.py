@@ -22,7 +22,9 @@ from flexlora.simulation import RunObserver
 class RichObserver(RunObserver):
     """Bars for rounds, the clients of the current round, and evaluation, each with ETA."""
 
-    def __init__(self, console: Console, total_rounds: int, label: str = "rounds") -> None:
+    def __init__(
+        self, console: Console, total_rounds: int, label: str = "rounds", done_rounds: int = 0
+    ) -> None:
         self.progress = Progress(
             TextColumn("[bold]{task.description:<22}"),
             BarColumn(),
@@ -33,7 +35,7 @@ class RichObserver(RunObserver):
             console=console,
             transient=False,
         )
-        self.rounds = self.progress.add_task(label, total=total_rounds)
+        self.rounds = self.progress.add_task(label, total=total_rounds, completed=done_rounds)
         self.clients: TaskID | None = None
         self.evaluation: TaskID | None = None
 

@@ -1,16 +1,20 @@
-"""`flexlora run [CONFIG] [--set KEY=VALUE ...] [--out DIR] [--quiet]`: one experiment."""
+"""`flexlora run [CONFIG] [--set KEY=VALUE ...] [--out DIR] [--quiet]`: one experiment.
+
+`flexlora run --resume DIR` goes on with the run in DIR after its last completed round.
+"""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import sys
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from flexlora.config import load_config
+from flexlora.config import config_from_dict, load_config
 from flexlora.errors import FlexLoraError
 
 
@@ -43,23 +47,53 @@ def register(subparsers: Any) -> None:
     add_config_arguments(parser)
     parser.add_argument("--out", type=Path, help="output directory (default runs/<timestamp>)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        metavar="DIR",
+        help="go on with the interrupted run in DIR from its last completed round "
+        "(same config, same results as an uninterrupted run; no CONFIG, --set or --out)",
+    )
     parser.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
     from flexlora.commands.progress import RichObserver
     from flexlora.experiment import run_experiment
+    from flexlora.outputs import CHECKPOINT, Checkpoint, read_checkpoint
     from flexlora.simulation import RunObserver
 
-    cfg = load_config(args.config, args.overrides)
-    out = args.out or default_out_dir()
-    check_out_dir(out)
-    console = Console(stderr=True, quiet=args.quiet)
-    if args.quiet:
-        result = run_experiment(cfg, out, RunObserver())
+    checkpoint: Checkpoint | None = None
+    if args.resume is not None:
+        if args.config or args.overrides or args.out:
+            raise FlexLoraError(
+                "--resume takes the run's own config: give no CONFIG, --set or --out with it"
+            )
+        out = args.resume
+        checkpoint = read_checkpoint(out)
+        cfg = config_from_dict(checkpoint.config)
+        if checkpoint.rounds_completed >= cfg.federation.rounds:
+            raise FlexLoraError(
+                f"--resume: the run in {out} has already completed its "
+                f"{cfg.federation.rounds} rounds"
+            )
     else:
-        with RichObserver(console, cfg.federation.rounds) as observer:
-            result = run_experiment(cfg, out, observer)
+        cfg = load_config(args.config, args.overrides)
+        out = args.out or default_out_dir()
+        check_out_dir(out)
+    console = Console(stderr=True, quiet=args.quiet)
+    try:
+        if args.quiet:
+            result = run_experiment(cfg, out, RunObserver(), checkpoint)
+        else:
+            done = checkpoint.rounds_completed if checkpoint else 0
+            with RichObserver(console, cfg.federation.rounds, done_rounds=done) as observer:
+                result = run_experiment(cfg, out, observer, checkpoint)
+    except KeyboardInterrupt:
+        if (out / CHECKPOINT).is_file():
+            print(f"flexlora run: to go on from the last completed round: "
+                  f"flexlora run --resume {out}", file=sys.stderr)  # fmt: skip
+        raise
     print_summary(Console(), result.summary, out)
     return 0
 

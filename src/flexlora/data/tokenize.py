@@ -319,9 +319,7 @@ def _count(status: np.ndarray) -> dict[str, int]:
     return {name: int(tally[code]) for code, name in _STATUS_KEYS.items()}
 
 
-def _texts(
-    examples: Sequence[Example], cfg: DataConfig
-) -> Iterator[tuple[list[str], list[str]]]:
+def _texts(examples: Sequence[Example], cfg: DataConfig) -> Iterator[tuple[list[str], list[str]]]:
     """(prompt + target texts, prompts) per chunk of ENCODE_CHUNK examples.
 
     Built a chunk at a time so that a federation's formatted texts never all exist at once.
