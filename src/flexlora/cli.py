@@ -9,6 +9,7 @@ import argparse
 import importlib
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 
 from flexlora import __version__
@@ -49,6 +50,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    # Noise the user can do nothing about: peft reads a property transformers deprecated,
+    # and rouge-score announces its default tokenizer through absl's INFO log.
+    warnings.filterwarnings(
+        "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
+    )
+    logging.getLogger("absl").setLevel(logging.WARNING)
     try:
         return int(args.func(args))
     except FlexLoraError as e:

@@ -237,7 +237,8 @@ def read_checkpoint(out_dir: Path) -> Checkpoint:
         raise FlexLoraError(f"--resume: {out_dir} is not a directory")
     if not path.is_file():
         raise FlexLoraError(
-            f"--resume: {out_dir} has no {CHECKPOINT} (no round of a flexlora run completed there)"
+            f"--resume: {out_dir} has no {CHECKPOINT} (no round of a flexlora run completed "
+            "there): start the run again in an empty directory"
         )
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)

@@ -131,7 +131,8 @@ def main(args: argparse.Namespace) -> int:
             results[method][target].append(result.summary["final"])
 
     write_results(out, results, seeds)
-    Console().print(results_table(results, "unseen_rougeL"))
+    for metric in METRICS:
+        Console().print(results_table(results, metric, len(seeds)))
     Console().print(f"Results in {out}/ (results.md, results.csv, results.png, cells/)")
     return 0
 
@@ -152,14 +153,26 @@ def summarise(
     }
 
 
-def results_table(results: dict[str, dict[str, list[dict[str, Any]]]], metric: str) -> Table:
-    table = Table(title=f"{metric} on unseen clients (mean ± std over seeds)")
+# Metrics of the comparison and the decimals they are shown with (Rouge-L is 0-100).
+METRICS = {"unseen_rougeL": 2, "unseen_loss": 3}
+
+
+def _cell(mean: float, std: float, seeds: int, digits: int) -> str:
+    """'mean ± std' over seeds; the mean alone for one seed (a std of one value is no spread)."""
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if seeds > 1 else f"{mean:.{digits}f}"
+
+
+def results_table(
+    results: dict[str, dict[str, list[dict[str, Any]]]], metric: str, seeds: int
+) -> Table:
+    spread = "mean ± std over seeds" if seeds > 1 else "one seed"
+    table = Table(title=f"{metric} on unseen clients ({spread})")
     distributions = list(next(iter(results.values())))
     table.add_column("method")
     for d in distributions:
         table.add_column(d, justify="right")
     for m, row in summarise(results, metric).items():
-        table.add_row(m, *(f"{row[d][0]:.2f} ± {row[d][1]:.2f}" for d in distributions))
+        table.add_row(m, *(_cell(*row[d], seeds, METRICS[metric]) for d in distributions))
     return table
 
 
@@ -175,7 +188,7 @@ def write_results(
     writer.writerow(
         ["metric", "method", *[f"{d} {s}" for d in distributions for s in ("mean", "std")]]
     )
-    for metric in ("unseen_rougeL", "unseen_loss"):
+    for metric, digits in METRICS.items():
         table = summarise(results, metric)
         lines += [
             f"## {metric}",
@@ -184,12 +197,20 @@ def write_results(
             "|---|" + "---:|" * len(distributions),
         ]
         for m, row in table.items():
-            lines.append(
-                f"| {m} | "
-                + " | ".join(f"{row[d][0]:.2f} ± {row[d][1]:.2f}" for d in distributions)
-                + " |"
+            cells = [_cell(*row[d], len(seeds), digits) for d in distributions]
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+            # one seed: the std column stays empty rather than claiming a spread of 0
+            writer.writerow(
+                [
+                    metric,
+                    m,
+                    *[
+                        f"{v:.4f}" if k == 0 or len(seeds) > 1 else ""
+                        for d in distributions
+                        for k, v in enumerate(row[d])
+                    ],
+                ]
             )
-            writer.writerow([metric, m, *[f"{v:.4f}" for d in distributions for v in row[d]]])
         lines.append("")
     lines.append(
         "fedit-min / fedit-max: every client at the smallest / largest rank type; "

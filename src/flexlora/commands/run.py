@@ -108,17 +108,20 @@ def print_summary(console: Console, summary: dict[str, Any], out: Path) -> None:
         title=f"flexlora run · method {summary['method']} · {summary['rounds_completed']} rounds"
     )
     table.add_column("round", justify="right")
-    table.add_column("train loss", justify="right")
+    # the round's own clients, a new sample each round: noisier than the eval columns
+    table.add_column("train loss\n(round's clients)", justify="right")
+    table.add_column("seen loss\n(eval split)", justify="right")
     table.add_column("unseen loss", justify="right")
-    table.add_column("unseen Rouge-L", justify="right")
-    table.add_column("seen Rouge-L", justify="right")
+    table.add_column("seen\nRouge-L", justify="right")
+    table.add_column("unseen\nRouge-L", justify="right")
     for row in summary["history"]:
         table.add_row(
             str(row["round"]),
             _fmt(row["train_loss"], 3),
+            _fmt(row.get("seen_loss"), 3),
             _fmt(row.get("unseen_loss"), 3),
-            _fmt(row.get("unseen_rougeL")),
             _fmt(row.get("seen_rougeL")),
+            _fmt(row.get("unseen_rougeL")),
         )
     console.print(table)
     final = summary["final"]
