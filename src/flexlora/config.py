@@ -198,6 +198,9 @@ class EvalConfig:
     max_examples_per_client: int | None = None
     seen: bool = True
     """Also score the seen clients' eval split."""
+    baseline: bool = True
+    """Also score the base model once before round 1 (summary.json's `baseline`), so that
+    every later figure has its starting point."""
 
     def __post_init__(self) -> None:
         if self.every < 1:

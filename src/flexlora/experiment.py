@@ -177,6 +177,8 @@ def run_experiment(
         tokenized_stats=tokenized.counts,
         resumed_rounds=state.round,
     )
+    if cfg.eval.baseline and state.round == 0:
+        state.baseline = federation.evaluate_global(state, observer)  # W0: no update yet
     while state.round < cfg.federation.rounds:
         record = federation.run_round(state, observer)
         writer.append_round(record)

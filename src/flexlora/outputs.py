@@ -150,11 +150,13 @@ class RunWriter:
     def checkpoint(self, state: ServerState, seconds_so_far: float) -> None:
         """Save the server state after a completed round (replacing the previous one).
 
-        The round records go in as JSON text, as in metrics.jsonl, so that the file holds
+        The round records (and the baseline evaluation) go in as JSON text, as in
+        metrics.jsonl, so that the file holds
         nothing but tensors and plain values and loads with `weights_only=True`.
         """
         server_state = state.state_dict()
         server_state["history"] = to_json(server_state["history"])
+        server_state["baseline"] = to_json(server_state["baseline"])
         atomic_torch_save(
             self.out_dir / CHECKPOINT,
             {
@@ -185,6 +187,7 @@ class RunWriter:
             "method": self.cfg.method,
             "rounds_completed": state.round,
             "final": _final_metrics(final_eval),
+            "baseline": _final_metrics(state.baseline) if state.baseline else None,
             "final_round_train_loss": history[-1]["train_loss"] if history else None,
             "timings": {
                 "total_seconds": seconds_total,
@@ -206,7 +209,7 @@ class RunWriter:
         try:
             from flexlora.plots import plot_run
 
-            plot_run(self.out_dir, history, self.info["rank_classes"])
+            plot_run(self.out_dir, history, self.info["rank_classes"], state.baseline)
         except ImportError as e:  # matplotlib is a dependency; say so if a broken install lacks it
             logger.warning("plots skipped: %s", e)
         return summary
@@ -246,6 +249,7 @@ def read_checkpoint(out_dir: Path) -> Checkpoint:
             raise ValueError(f"format {saved.get('format')!r}, expected {CHECKPOINT_FORMAT}")
         state = dict(saved["state"])
         state["history"] = json.loads(state["history"])
+        state["baseline"] = json.loads(state["baseline"])
         return Checkpoint(dict(saved["config"]), state, float(saved["seconds"]))
     except Exception as e:  # any damage to the file is the same user-facing fact
         reason = (str(e).strip().splitlines() or [""])[0][:200]  # torch's can run to pages

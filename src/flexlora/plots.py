@@ -21,9 +21,15 @@ def _save(fig: Any, path: Path) -> None:
 
 
 def plot_run(
-    out_dir: Path, history: Sequence[Mapping[str, Any]], rank_classes: Sequence[Mapping[str, Any]]
+    out_dir: Path,
+    history: Sequence[Mapping[str, Any]],
+    rank_classes: Sequence[Mapping[str, Any]],
+    baseline: Mapping[str, Any] | None = None,
 ) -> None:
-    """plots/metrics.png, plots/rank_distribution.png, plots/truncation_energy.png."""
+    """plots/metrics.png, plots/rank_distribution.png, plots/truncation_energy.png.
+
+    `baseline`, the base model's evaluation, is drawn at round 0 of the metric curves.
+    """
     plots = out_dir / "plots"
     rounds = [r["round"] for r in history]
 
@@ -31,7 +37,8 @@ def plot_run(
     ax_loss.plot(
         rounds, [r["train_loss"] for r in history], marker="o", label="train loss (clients)"
     )
-    evaluated = [r for r in history if "eval" in r]
+    evaluated = [*([{"round": 0, "eval": baseline}] if baseline else []), *history]
+    evaluated = [r for r in evaluated if "eval" in r]
     for split, style in (("unseen", "-"), ("seen", "--")):
         points = [(r["round"], r["eval"][split]) for r in evaluated if split in r["eval"]]
         if points:

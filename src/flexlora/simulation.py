@@ -74,6 +74,8 @@ class ServerState:
     sample_rng: dict[str, Any] = field(default_factory=dict)
     """numpy bit-generator state of the client sampler."""
     history: list[dict[str, Any]] = field(default_factory=list)
+    baseline: dict[str, Any] | None = None
+    """Evaluation of the base model before round 1 (None when not asked for)."""
 
     def state_dict(self) -> dict[str, Any]:
         """Tensors, numbers, strings, lists and dicts only: `torch.load(weights_only=True)`
@@ -92,6 +94,7 @@ class ServerState:
             "client_ranks": self.client_ranks,
             "sample_rng": self.sample_rng,
             "history": self.history,
+            "baseline": self.baseline,
         }
 
     @classmethod
@@ -111,6 +114,7 @@ class ServerState:
             client_ranks=dict(state["client_ranks"]),
             sample_rng=dict(state["sample_rng"]),
             history=list(state["history"]),
+            baseline=state.get("baseline"),
         )
 
 

@@ -70,6 +70,9 @@ def test_run_leaves_every_output_and_the_loss_falls(tiny_model: Path, tmp_path: 
     assert summary["rounds_completed"] == 3
     assert summary["final"]["unseen_rougeL"] is not None
     assert summary["final"]["unseen_loss"] > 0
+    # the base model, scored before round 1, is the starting point the run improved on
+    assert summary["baseline"]["unseen_loss"] > summary["final"]["unseen_loss"]
+    assert summary["baseline"]["seen_loss"] > 0
     rounds = read_jsonl(out / "metrics.jsonl")
     assert [r["round"] for r in rounds] == [1, 2, 3]
     assert all(len(r["clients"]) == 3 for r in rounds)
@@ -103,6 +106,10 @@ def test_same_seed_same_metrics(tiny_model: Path, tmp_path: Path) -> None:
             **rb["eval"]["unseen"],
             "seconds": ra["eval"]["unseen"]["seconds"],
         }
+    d_args = [*args, "--set", "eval.baseline=false"]
+    assert run_cli(["run", "--quiet", "--out", str(tmp_path / "d"), *d_args]) == 0
+    assert json.loads((tmp_path / "d" / "summary.json").read_text())["baseline"] is None
+    assert read_jsonl(tmp_path / "d" / "metrics.jsonl")[0]["train_loss"] == a[0]["train_loss"]
     c_args = [*args, "--set", "seed=1"]
     assert run_cli(["run", "--quiet", "--out", str(tmp_path / "c"), *c_args]) == 0
     c = read_jsonl(tmp_path / "c" / "metrics.jsonl")
@@ -181,9 +188,10 @@ def test_compare_writes_table_two(tiny_model: Path, tmp_path: Path) -> None:
     assert code == 0
     text = (out / "results.md").read_text()
     assert "| fedit-min |" in text and "| flexlora |" in text and "heavy-tail-light" in text
+    assert "| base model |" in text  # the reference row: the model before any round
     rows = (out / "results.csv").read_text().splitlines()
     assert rows[0].startswith("metric,method,uniform mean")
-    assert len(rows) == 1 + 2 * 2  # header + 2 metrics × 2 methods
+    assert len(rows) == 1 + 2 * 3  # header + 2 metrics × (base model + 2 methods)
     # fedit-min runs once per seed and fills both columns with the same figures
     results = json.loads((out / "results.json").read_text())
     assert results["fedit-min"]["uniform"] == results["fedit-min"]["heavy-tail-light"]
@@ -286,7 +294,7 @@ def test_two_rounds_on_real_ni_with_stories260k(tmp_path: Path) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rounds_completed"] == 2
     assert summary["data"]["unseen_clients"] == 2
-    assert summary["final"]["unseen_loss"] > 0
+    assert summary["final"]["unseen_loss"] > 0 and summary["baseline"]["unseen_loss"] > 0
 
 
 class CrashAtRound(RunObserver):
@@ -342,6 +350,7 @@ def test_resume_after_a_crash_ends_as_an_uninterrupted_run(
     summary_b = json.loads((crashed / "summary.json").read_text())
     assert summary_b["rounds_completed"] == 3
     assert summary_a["final"] == summary_b["final"]
+    assert summary_a["baseline"] == summary_b["baseline"] and summary_b["baseline"]
     assert without_timings(summary_a["history"]) == without_timings(summary_b["history"])
 
 

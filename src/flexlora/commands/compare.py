@@ -108,6 +108,7 @@ def main(args: argparse.Namespace) -> int:
     results: dict[str, dict[str, list[dict[str, Any]]]] = {
         m: {d: [] for d in distributions} for m in methods
     }
+    baselines: dict[int, dict[str, Any]] = {}
     cells = [
         (m, d, s)
         for m in methods
@@ -129,7 +130,12 @@ def main(args: argparse.Namespace) -> int:
                 result = run_experiment(cfg, cell_dir, observer)
         for target in distributions if method in HOMOGENEOUS else [dist]:
             results[method][target].append(result.summary["final"])
+        if result.summary.get("baseline"):  # the same base model in every cell of a seed
+            baselines.setdefault(seed, result.summary["baseline"])
 
+    if baselines:  # a reference row: the base model before any round, scored the same way
+        runs = [baselines[s] for s in seeds if s in baselines]
+        results = {BASE_ROW: {d: list(runs) for d in distributions}, **results}
     write_results(out, results, seeds)
     for metric in METRICS:
         Console().print(results_table(results, metric, len(seeds)))
@@ -152,6 +158,9 @@ def summarise(
         for m, row in results.items()
     }
 
+
+BASE_ROW = "base model"
+"""The reference row of the tables: the model before fine-tuning."""
 
 # Metrics of the comparison and the decimals they are shown with (Rouge-L is 0-100).
 METRICS = {"unseen_rougeL": 2, "unseen_loss": 3}
@@ -216,6 +225,8 @@ def write_results(
         "fedit-min / fedit-max: every client at the smallest / largest rank type; "
         "one run per seed fills every column."
     )
+    if BASE_ROW in results:
+        lines.append(f"{BASE_ROW}: the pretrained model before any round, scored the same way.")
     atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
     atomic_write_text(out / "results.csv", buffer.getvalue())
     atomic_write_text(out / "results.json", to_json(results, indent=2))

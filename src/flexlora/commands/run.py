@@ -114,6 +114,16 @@ def print_summary(console: Console, summary: dict[str, Any], out: Path) -> None:
     table.add_column("unseen loss", justify="right")
     table.add_column("seen\nRouge-L", justify="right")
     table.add_column("unseen\nRouge-L", justify="right")
+    base = summary.get("baseline")
+    if base:
+        table.add_row(
+            "0 (base)",
+            "—",
+            _fmt(base.get("seen_loss"), 3),
+            _fmt(base.get("unseen_loss"), 3),
+            _fmt(base.get("seen_rougeL")),
+            _fmt(base.get("unseen_rougeL")),
+        )
     for row in summary["history"]:
         table.add_row(
             str(row["round"]),
@@ -125,9 +135,14 @@ def print_summary(console: Console, summary: dict[str, Any], out: Path) -> None:
         )
     console.print(table)
     final = summary["final"]
+    before = (
+        f" (base model: {_fmt(base.get('unseen_rougeL'))}, {_fmt(base.get('unseen_loss'), 3)})"
+        if base
+        else ""
+    )
     console.print(
         f"Unseen clients (never trained on): Rouge-L {_fmt(final.get('unseen_rougeL'))}, "
-        f"loss {_fmt(final.get('unseen_loss'), 3)}.  "
+        f"loss {_fmt(final.get('unseen_loss'), 3)}{before}.  "
         f"Time {summary['timings']['total_seconds']:.0f} s "
         f"(aggregation {summary['timings']['aggregate_seconds']:.2f} s)."
     )
