@@ -19,6 +19,7 @@ import torch
 from flexlora.adapters import AdapterHost, initial_factors
 from flexlora.aggregation import get_method
 from flexlora.aggregation.base import AggregationResult, GlobalUpdate, TargetSpec
+from flexlora.aggregation.ffa import ffa_shared_A
 from flexlora.client import train_client
 from flexlora.config import ExperimentConfig
 from flexlora.data.tokenize import TokenizedSplit
@@ -177,6 +178,12 @@ class Federation:
                 "method fedit trains one homogeneous rank: give a single rank type "
                 "(e.g. --set 'ranks.types=[8]')"
             )
+        self.method_options = dict(self.config.method_options)
+        if self.config.method == "ffa":
+            # Every A is drawn with ffa_shared_A from this seed, and the aggregation is told
+            # it: a class above the largest rank sampled in a round then gets its further
+            # shared rows regenerated, not zero rows it could never train (A is frozen).
+            self.method_options.setdefault("seed", _seed_for(self.config.seed, 6))
 
     # -- set-up -------------------------------------------------------------------
 
@@ -200,12 +207,23 @@ class Federation:
         """Every class's start factors from one draw at the largest rank, sliced per class.
 
         Slicing one draw gives every class the same leading rows of A, which FFA-LoRA
-        needs (A frozen at a shared initialisation) and costs the others nothing.
+        needs (A frozen at a shared initialisation) and costs the others nothing. For
+        FFA-LoRA that draw is `ffa_shared_A` with the method's seed.
         """
         max_ranks = {n: max(c.ranks[n] for c in self.classes) for n in self.host.shapes}
         scal = dict.fromkeys(self.host.shapes, 1.0)
         gen = torch.Generator().manual_seed(_seed_for(self.config.seed, 3, round_index))
         widest = initial_factors(self.host.shapes, max_ranks, scal, gen)
+        if self.config.method == "ffa":
+            seed = int(self.method_options["seed"])
+            widest = {
+                n: LoraFactors(
+                    B=f.B,
+                    A=ffa_shared_A(self.host.shapes[n][1], max_ranks[n], seed, n).to(f.A.dtype),
+                    scaling=1.0,
+                )
+                for n, f in widest.items()
+            }
         out = {}
         for c in self.classes:
             s = self.host.scalings(c.key)
@@ -332,7 +350,7 @@ class Federation:
             c.key: TargetSpec(ranks=c.ranks, scalings=self.host.scalings(c.key))
             for c in self.classes
         }
-        return self.method(updates, weights, targets, self.config.method_options)
+        return self.method(updates, weights, targets, self.method_options)
 
     def evaluate_global(self, state: ServerState, observer: RunObserver) -> dict[str, Any]:
         metrics: dict[str, Any] = {}

@@ -12,10 +12,12 @@ import yaml
 from safetensors.torch import load_file
 
 from engine_fixtures import make_tiny_model
+from flexlora.aggregation.ffa import ffa_shared_A
 from flexlora.cli import main
 from flexlora.config import load_config
 from flexlora.experiment import run_experiment
-from flexlora.simulation import RunObserver
+from flexlora.peft_io import read_adapter
+from flexlora.simulation import RunObserver, _seed_for
 
 REPO = Path(__file__).resolve().parents[2]
 ASSETS = REPO.parent / "shared" / "assets"
@@ -130,6 +132,31 @@ def test_every_heterogeneous_baseline_runs(method: str, tiny_model: Path, tmp_pa
     rounds = read_jsonl(out / "metrics.jsonl")
     assert len(rounds) == 2 and rounds[-1]["eval"]["unseen"]["loss"] > 0
     assert (out / "adapters" / "global" / "adapter_model.safetensors").is_file()
+
+
+def test_ffa_keeps_every_class_on_the_shared_frozen_A(
+    tiny_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each class's A is the leading rows of ffa_shared_A, even for a class whose rank is
+    above every client sampled in a round (rows regenerated from the seed, never zero)."""
+    sets = [
+        *quick_overrides(tiny_model, tmp_path / "cache"),
+        "method=ffa",
+        "federation.clients_per_round=1",  # one client a round: some classes go unsampled
+    ]
+    out = tmp_path / "ffa"
+    with caplog.at_level("WARNING"):
+        assert run_cli(["run", "--quiet", "--out", str(out), *set_args(sets)]) == 0
+    assert not [r for r in caplog.records if "zero rows added" in r.getMessage()]
+    seed = _seed_for(0, 6)  # the engine's default ffa seed for run seed 0
+    sampled = {cls for r in read_jsonl(out / "metrics.jsonl") for cls in r["ranks"].values()}
+    assert sampled != {"rank-2", "rank-4", "rank-8"}  # the case this test is about
+    for rank in (2, 4, 8):
+        factors = read_adapter(out / "adapters" / f"rank-{rank}").factors
+        assert len(factors) == 2 * 7  # 2 layers x 7 projections
+        for name, f in factors.items():
+            expected = ffa_shared_A(f.A.shape[1], rank, seed, name)
+            assert torch.equal(f.A, expected), (rank, name)
 
 
 def test_fedit_refuses_mixed_ranks(

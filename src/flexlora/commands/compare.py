@@ -171,6 +171,11 @@ def _cell(mean: float, std: float, seeds: int, digits: int) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if seeds > 1 else f"{mean:.{digits}f}"
 
 
+def _csv_cells(mean: float, std: float, seeds: int) -> list[str]:
+    """Mean and std; for one seed the std stays empty rather than claiming a spread of 0."""
+    return [f"{mean:.4f}", f"{std:.4f}" if seeds > 1 else ""]
+
+
 def results_table(
     results: dict[str, dict[str, list[dict[str, Any]]]], metric: str, seeds: int
 ) -> Table:
@@ -208,18 +213,8 @@ def write_results(
         for m, row in table.items():
             cells = [_cell(*row[d], len(seeds), digits) for d in distributions]
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
-            # one seed: the std column stays empty rather than claiming a spread of 0
-            writer.writerow(
-                [
-                    metric,
-                    m,
-                    *[
-                        f"{v:.4f}" if k == 0 or len(seeds) > 1 else ""
-                        for d in distributions
-                        for k, v in enumerate(row[d])
-                    ],
-                ]
-            )
+            csv_cells = [c for d in distributions for c in _csv_cells(*row[d], len(seeds))]
+            writer.writerow([metric, m, *csv_cells])
         lines.append("")
     lines.append(
         "fedit-min / fedit-max: every client at the smallest / largest rank type; "
