@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -174,6 +175,8 @@ class RunWriter:
 
         template = peft_template(self.cfg)
         adapters = self.out_dir / "adapters"
+        if adapters.exists():  # left by an attempt that crashed while writing; rebuilt whole
+            shutil.rmtree(adapters)
         write_global_adapter(adapters / "global", federation.total_update(state), template)
         if state.class_factors is not None:
             for key, factors in state.class_factors.items():

@@ -406,3 +406,67 @@ def test_resume_refuses_bad_requests(
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], (args, err)
         assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
+    # every round done but the results never written (a crash in between): resume writes them
+    final = json.loads((done / "summary.json").read_text())["final"]
+    (done / "summary.json").unlink()
+    assert run_cli(["run", "--quiet", "--resume", str(done)]) == 0
+    assert json.loads((done / "summary.json").read_text())["final"] == final
+
+
+def compare_args(out: Path, sets: list[str]) -> list[str]:
+    return [
+        "compare", "--quiet", "--out", str(out), "--methods", "fedit-min,flexlora",
+        "--distributions", "uniform,heavy-tail-light", *set_args(sets),
+    ]  # fmt: skip
+
+
+def test_compare_resume_finishes_an_interrupted_grid(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: cells fedit-min, flexlora/uniform, flexlora/heavy-tail-light (3 rounds each)
+    sets = quick_overrides(tiny_model, tmp_path / "cache")
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    assert run_cli(compare_args(straight, sets)) == 0
+
+    class CrashInSecondCell(RunObserver):
+        cells = 0
+
+        def __init__(self) -> None:
+            type(self).cells += 1
+
+        def round_started(self, round_index: int, clients: list[str]) -> None:
+            if type(self).cells == 2 and round_index == 2:
+                raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr("flexlora.simulation.RunObserver", CrashInSecondCell)
+        assert run_cli(compare_args(crashed, sets)) == 130  # the CLI's exit on Ctrl-C
+    cells = crashed / "cells"
+    assert (cells / "fedit-min" / "all" / "seed0" / "summary.json").is_file()
+    assert (cells / "flexlora" / "uniform" / "seed0" / "checkpoint.pt").is_file()
+    assert not (cells / "flexlora" / "heavy-tail-light").exists()
+    # Execute
+    assert run_cli(["compare", "--quiet", "--resume", str(crashed)]) == 0
+    # Assert: the same table as the uninterrupted comparison
+    a = json.loads((straight / "results.json").read_text())
+    b = json.loads((crashed / "results.json").read_text())
+    assert without_timings(a) == without_timings(b)
+    assert (straight / "results.csv").read_text() == (crashed / "results.csv").read_text()
+
+
+def test_compare_resume_and_bad_grids_are_refused(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad_data = ["data.kind=jsonl", f"data.path={tmp_path / 'missing.jsonl'}"]
+    cases = [
+        (["compare", "--resume", str(empty)], "has no compare.json"),
+        (["compare", "--resume", str(empty), "--seeds", "2"], "give no CONFIG"),
+        (compare_args(tmp_path / "new", bad_data), "missing.jsonl"),
+    ]
+    for args, message in cases:
+        assert run_cli(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (args, err)
+    assert not (tmp_path / "new").exists()  # a failed start leaves nothing behind

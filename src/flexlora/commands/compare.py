@@ -5,6 +5,10 @@ keys changed, so all cells share the data partition and the seeds. `fedit-min` a
 `fedit-max` are FedIT at the smallest and largest rank type for every client (the
 "bucket effect" baselines); their result does not depend on the distribution, so they
 run once per seed and fill every column.
+
+`flexlora compare --resume DIR` finishes an interrupted comparison: cells with a
+summary.json are read back, a cell with a checkpoint goes on from it (as `run --resume`),
+and the rest run. The grid comes from DIR/compare.json, written when the comparison began.
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +26,16 @@ from rich.console import Console
 from rich.table import Table
 
 from flexlora.commands.run import add_config_arguments, check_out_dir, default_out_dir
-from flexlora.config import ExperimentConfig, load_config
+from flexlora.config import ExperimentConfig, config_from_dict, config_to_dict, load_config
 from flexlora.errors import FlexLoraError
-from flexlora.outputs import atomic_write_text, to_json
+from flexlora.outputs import CHECKPOINT, atomic_write_text, read_checkpoint, to_json
 from flexlora.ranks import DISTRIBUTION_NAMES
 
 DEFAULT_METHODS = "fedit-min,fedit-max,zeropad,hetlora,flora,ffa,flexlora"
 DEFAULT_DISTRIBUTIONS = "uniform,heavy-tail-light"
 HOMOGENEOUS = {"fedit-min": min, "fedit-max": max}
+GRID_FILE = "compare.json"
+"""The comparison's grid and base config, written when it begins (for --resume)."""
 
 
 def register(subparsers: Any) -> None:
@@ -35,22 +43,25 @@ def register(subparsers: Any) -> None:
         "compare", help="methods × rank distributions, like the paper's Table 2"
     )
     add_config_arguments(parser)
-    parser.add_argument(
-        "--methods", default=DEFAULT_METHODS, help=f"comma-separated (default {DEFAULT_METHODS})"
-    )
+    # None marks "not given", so that --resume can refuse them
+    parser.add_argument("--methods", help=f"comma-separated (default {DEFAULT_METHODS})")
     parser.add_argument(
         "--distributions",
-        default=DEFAULT_DISTRIBUTIONS,
         help=f"comma-separated, from {', '.join(DISTRIBUTION_NAMES)} "
         f"(default {DEFAULT_DISTRIBUTIONS})",
     )
-    parser.add_argument(
-        "--seeds", type=int, default=1, help="seeds per cell: seed, seed+1, ... (default 1)"
-    )
+    parser.add_argument("--seeds", type=int, help="seeds per cell: seed, seed+1, ... (default 1)")
     parser.add_argument(
         "--out", type=Path, help="output directory (default runs/compare-<timestamp>)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        metavar="DIR",
+        help="finish the interrupted comparison in DIR (its own grid and config; "
+        "no CONFIG, --set, --methods, --distributions, --seeds or --out)",
+    )
     parser.set_defaults(func=main)
 
 
@@ -84,25 +95,40 @@ def cell_config(
 
 def main(args: argparse.Namespace) -> int:
     from flexlora.aggregation import METHODS
-    from flexlora.commands.progress import RichObserver
-    from flexlora.experiment import run_experiment
     from flexlora.ranks import distribution_probabilities
-    from flexlora.simulation import RunObserver
 
-    base = load_config(args.config, args.overrides)
-    methods = _split(args.methods, "methods")
-    distributions = _split(args.distributions, "distributions")
+    if args.resume is not None:
+        grid_args = (args.methods, args.distributions, args.seeds, args.out)
+        if args.config or args.overrides or any(a is not None for a in grid_args):
+            raise FlexLoraError(
+                "--resume takes the comparison's own grid and config: give no CONFIG, --set, "
+                "--methods, --distributions, --seeds or --out with it"
+            )
+        out = args.resume
+        base, methods, distributions, seeds = read_grid(out)
+    else:
+        base = load_config(args.config, args.overrides)
+        methods = _split(args.methods or DEFAULT_METHODS, "methods")
+        distributions = _split(args.distributions or DEFAULT_DISTRIBUTIONS, "distributions")
+        n_seeds = 1 if args.seeds is None else args.seeds
+        if n_seeds < 1:
+            raise FlexLoraError(f"--seeds must be >= 1, got {n_seeds}")
+        seeds = [base.seed + i for i in range(n_seeds)]
     for m in methods:
         if m not in METHODS and m not in HOMOGENEOUS:
             known = ", ".join([*HOMOGENEOUS, *METHODS])
             raise FlexLoraError(f"unknown method {m!r} in --methods (known: {known})")
     for d in distributions:
         distribution_probabilities(d, len(base.ranks.types))  # raises on an unknown name
-    if args.seeds < 1:
-        raise FlexLoraError(f"--seeds must be >= 1, got {args.seeds}")
-    out = args.out or default_out_dir("compare-")
-    check_out_dir(out)
-    seeds = [base.seed + i for i in range(args.seeds)]
+    created = False
+    if args.resume is None:
+        out = args.out or default_out_dir("compare-")
+        check_out_dir(out)
+        grid: dict[str, Any] = {"config": config_to_dict(base), "methods": methods}
+        grid |= {"distributions": distributions, "seeds": seeds}
+        created = not out.exists()
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / GRID_FILE, to_json(grid, indent=2))
 
     console = Console(stderr=True, quiet=args.quiet)
     results: dict[str, dict[str, list[dict[str, Any]]]] = {
@@ -116,22 +142,29 @@ def main(args: argparse.Namespace) -> int:
         for s in seeds
         if not (m in HOMOGENEOUS and d != distributions[0])
     ]
-    for i, (method, dist, seed) in enumerate(cells, 1):
-        cfg = cell_config(base, method, dist, seed)
-        label = method if method in HOMOGENEOUS else f"{method}/{dist}"
-        cell_dir = (
-            out / "cells" / method / ("all" if method in HOMOGENEOUS else dist) / f"seed{seed}"
-        )
-        console.print(f"[{i}/{len(cells)}] {label} seed {seed}")
-        if args.quiet:
-            result = run_experiment(cfg, cell_dir, RunObserver())
-        else:
-            with RichObserver(console, cfg.federation.rounds, label=label[:22]) as observer:
-                result = run_experiment(cfg, cell_dir, observer)
-        for target in distributions if method in HOMOGENEOUS else [dist]:
-            results[method][target].append(result.summary["final"])
-        if result.summary.get("baseline"):  # the same base model in every cell of a seed
-            baselines.setdefault(seed, result.summary["baseline"])
+    try:
+        for i, (method, dist, seed) in enumerate(cells, 1):
+            cfg = cell_config(base, method, dist, seed)
+            label = method if method in HOMOGENEOUS else f"{method}/{dist}"
+            column = "all" if method in HOMOGENEOUS else dist
+            cell_dir = out / "cells" / method / column / f"seed{seed}"
+            console.print(f"[{i}/{len(cells)}] {label} seed {seed}", end="")
+            summary = _run_cell(cfg, cell_dir, label, console, args.quiet)
+            for target in distributions if method in HOMOGENEOUS else [dist]:
+                results[method][target].append(summary["final"])
+            if summary.get("baseline"):  # the same base model in every cell of a seed
+                baselines.setdefault(seed, summary["baseline"])
+    except FlexLoraError:
+        # A config every cell shares fails in the first cell, before it writes anything:
+        # then the comparison leaves nothing behind either.
+        if args.resume is None and not (out / "cells").exists():
+            (out / GRID_FILE).unlink(missing_ok=True)
+            if created:
+                out.rmdir()
+        raise
+    except KeyboardInterrupt:
+        print(f"flexlora compare: to finish it: flexlora compare --resume {out}", file=sys.stderr)
+        raise
 
     if baselines:  # a reference row: the base model before any round, scored the same way
         runs = [baselines[s] for s in seeds if s in baselines]
@@ -141,6 +174,47 @@ def main(args: argparse.Namespace) -> int:
         Console().print(results_table(results, metric, len(seeds)))
     Console().print(f"Results in {out}/ (results.md, results.csv, results.png, cells/)")
     return 0
+
+
+def _run_cell(
+    cfg: ExperimentConfig, cell_dir: Path, label: str, console: Console, quiet: bool
+) -> dict[str, Any]:
+    """One cell's summary: read back when it finished earlier, else run (from its
+    checkpoint when an interrupted comparison left one)."""
+    from flexlora.commands.progress import RichObserver
+    from flexlora.experiment import run_experiment
+    from flexlora.simulation import RunObserver
+
+    summary_path = cell_dir / "summary.json"
+    if summary_path.is_file():
+        console.print(": done earlier")
+        return dict(json.loads(summary_path.read_text()))
+    checkpoint = read_checkpoint(cell_dir) if (cell_dir / CHECKPOINT).is_file() else None
+    if checkpoint is not None and checkpoint.config != config_to_dict(cfg):
+        raise FlexLoraError(f"--resume: {cell_dir} holds a run of another config")
+    done = checkpoint.rounds_completed if checkpoint else 0
+    console.print(f": resuming after round {done}" if checkpoint else "")
+    if quiet:
+        return run_experiment(cfg, cell_dir, RunObserver(), checkpoint).summary
+    with RichObserver(console, cfg.federation.rounds, label[:22], done_rounds=done) as observer:
+        return run_experiment(cfg, cell_dir, observer, checkpoint).summary
+
+
+def read_grid(out: Path) -> tuple[ExperimentConfig, list[str], list[str], list[int]]:
+    """(base config, methods, distributions, seeds) of the comparison in `out`."""
+    path = out / GRID_FILE
+    if not path.is_file():
+        raise FlexLoraError(f"--resume: {out} has no {GRID_FILE} (not a flexlora comparison)")
+    try:
+        grid = json.loads(path.read_text())
+        return (
+            config_from_dict(grid["config"]),
+            [str(m) for m in grid["methods"]],
+            [str(d) for d in grid["distributions"]],
+            [int(s) for s in grid["seeds"]],
+        )
+    except (ValueError, KeyError, TypeError) as e:
+        raise FlexLoraError(f"--resume: {path} is unreadable ({type(e).__name__}: {e})") from e
 
 
 def _mean_std(given: list[float | None]) -> tuple[float, float]:

@@ -72,7 +72,10 @@ def main(args: argparse.Namespace) -> int:
         out = args.resume
         checkpoint = read_checkpoint(out)
         cfg = config_from_dict(checkpoint.config)
-        if checkpoint.rounds_completed >= cfg.federation.rounds:
+        # all rounds done but no summary.json: a crash while writing the results, which
+        # resuming finishes; with summary.json there is nothing left to do
+        finished = (out / "summary.json").is_file()
+        if checkpoint.rounds_completed >= cfg.federation.rounds and finished:
             raise FlexLoraError(
                 f"--resume: the run in {out} has already completed its "
                 f"{cfg.federation.rounds} rounds"
