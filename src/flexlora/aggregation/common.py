@@ -27,6 +27,15 @@ from flexlora.svd import factored_singular_values, numerical_rank
 ComputeDtype = Literal["float32", "float64"]
 _DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
 
+
+@dataclasses.dataclass(frozen=True)
+class DtypeOptions:
+    """The option every method has; each method's options class extends it."""
+
+    dtype: ComputeDtype = "float32"
+    """Compute dtype; results are cast back to the clients' dtype."""
+
+
 OptionsT = TypeVar("OptionsT")
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from flexlora.aggregation.base import AggregationResult, GlobalUpdate, TargetSpec
 from flexlora.aggregation.common import (
-    ComputeDtype,
+    DtypeOptions,
     compute_dtype,
     global_spectrum,
     new_diagnostics,
@@ -32,11 +32,8 @@ from flexlora.lora import AdapterFactors, LoraFactors
 
 
 @dataclass(frozen=True)
-class FedItOptions:
+class FedItOptions(DtypeOptions):
     """Options of the fedit method."""
-
-    dtype: ComputeDtype = "float32"
-    """Compute dtype; results are cast back to the clients' dtype."""
 
 
 def aggregate(

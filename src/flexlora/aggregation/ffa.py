@@ -24,7 +24,7 @@ from torch import Tensor
 
 from flexlora.aggregation.base import AggregationResult, GlobalUpdate, TargetSpec
 from flexlora.aggregation.common import (
-    ComputeDtype,
+    DtypeOptions,
     compute_dtype,
     fit_rank,
     global_spectrum,
@@ -41,11 +41,9 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class FfaOptions:
+class FfaOptions(DtypeOptions):
     """Options of the ffa method."""
 
-    dtype: ComputeDtype = "float32"
-    """Compute dtype; results are cast back to the clients' dtype."""
     shared_a_rtol: float = 1e-6
     """Relative Frobenius tolerance when checking that every client kept the shared A."""
     seed: int | None = None

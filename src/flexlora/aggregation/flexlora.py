@@ -27,7 +27,7 @@ from torch import Tensor
 
 from flexlora.aggregation.base import AggregationResult, GlobalUpdate, TargetSpec
 from flexlora.aggregation.common import (
-    ComputeDtype,
+    DtypeOptions,
     compute_dtype,
     energy_by_target,
     fit_rank,
@@ -51,11 +51,9 @@ from flexlora.svd import (
 
 
 @dataclass(frozen=True)
-class FlexLoraOptions:
+class FlexLoraOptions(DtypeOptions):
     """Options of the flexlora method."""
 
-    dtype: ComputeDtype = "float32"
-    """Compute dtype; results are cast back to the clients' dtype."""
     svd: SvdMode = "auto"
     """How to decompose dW when R >= min(out, in): exact (full SVD), fast (randomised), auto."""
     split: Literal["sigma_to_b", "sqrt"] = "sigma_to_b"

@@ -17,7 +17,7 @@ from typing import Any
 
 from flexlora.aggregation.base import AggregationResult, GlobalUpdate, TargetSpec
 from flexlora.aggregation.common import (
-    ComputeDtype,
+    DtypeOptions,
     compute_dtype,
     global_spectrum,
     new_diagnostics,
@@ -29,11 +29,8 @@ from flexlora.lora import AdapterFactors
 
 
 @dataclass(frozen=True)
-class FloraOptions:
+class FloraOptions(DtypeOptions):
     """Options of the flora method."""
-
-    dtype: ComputeDtype = "float32"
-    """Compute dtype; results are cast back to the clients' dtype."""
 
 
 def aggregate(

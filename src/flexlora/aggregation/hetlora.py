@@ -28,7 +28,7 @@ from torch import Tensor
 
 from flexlora.aggregation.base import AggregationResult, TargetSpec
 from flexlora.aggregation.common import (
-    ComputeDtype,
+    DtypeOptions,
     compute_dtype,
     parse_options,
     validate_inputs,
@@ -45,13 +45,11 @@ _FLOOR_SLACK = 1e-9
 
 
 @dataclass(frozen=True)
-class HetLoraOptions:
+class HetLoraOptions(DtypeOptions):
     """Options of the hetlora method. gamma, reg_lambda and min_rank are for the engine's
     client step (regulariser and self-pruning); the server aggregation reads weighting
     and dtype."""
 
-    dtype: ComputeDtype = "float32"
-    """Compute dtype; results are cast back to the clients' dtype."""
     weighting: Literal["sparsity", "sparsity_x_data"] = "sparsity"
     """sparsity: S_k / Σ S_j (the paper); sparsity_x_data: p_k S_k / Σ p_j S_j."""
     gamma: float = 0.99

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from flexlora.aggregation.base import AggregationResult, GlobalUpdate, TargetSpec
 from flexlora.aggregation.common import (
-    ComputeDtype,
+    DtypeOptions,
     ValidatedInputs,
     compute_dtype,
     fit_rank,
@@ -33,11 +33,8 @@ from flexlora.lora import AdapterFactors, LoraFactors
 
 
 @dataclass(frozen=True)
-class ZeroPadOptions:
+class ZeroPadOptions(DtypeOptions):
     """Options of the zeropad method."""
-
-    dtype: ComputeDtype = "float32"
-    """Compute dtype; results are cast back to the clients' dtype."""
 
 
 def aggregate(
