@@ -49,9 +49,9 @@ IGNORE_INDEX = -100
 COUNT_KEYS = ("truncated", "dropped", "dropped_no_target")
 SPLITS = ("train", "eval", "test")
 # Texts per call of the tokenizer: large enough to keep its threads busy, small enough
-# that one call's encodings (ids, offsets, token strings) stay small. Measured on the
-# 1,612-client NI split: 512 / 1024 / 2048 texts cost 12.0 / 10.1 / 9.4 s and raise the
-# peak by 180 / 244 / 372 MiB.
+# that one call's encodings (ids, offsets, token strings) stay small. On the 1,612-client
+# NI split (benchmarks/tokenize_chunks.py), 512 / 1024 / 2048 texts a call took about the
+# same time (10.9 / 10.6 / 11.1 s) and raised the peak by 184 / 249 / 375 MiB.
 ENCODE_CHUNK = 1024
 # The prefix cut's budget: this percentile of the characters per token measured on the
 # previous chunk, times this margin; texts cut too short are cut again longer.
