@@ -12,7 +12,7 @@ FlexLoraError.
 
 from __future__ import annotations
 
-from flexlora.aggregation import fedit, ffa, flexlora, flora, hetlora, zeropad
+from flexlora.aggregation import fedit, ffa, flexlora, flora, florist, hetlora, zeropad
 from flexlora.aggregation.base import AggregateFn, AggregationResult, GlobalUpdate, TargetSpec
 from flexlora.errors import FlexLoraError
 
@@ -23,6 +23,7 @@ METHODS: dict[str, AggregateFn] = {
     "hetlora": hetlora.aggregate,
     "flora": flora.aggregate,
     "ffa": ffa.aggregate,
+    "florist": florist.aggregate,
 }
 
 method_options: dict[str, type] = {
@@ -32,6 +33,7 @@ method_options: dict[str, type] = {
     "hetlora": hetlora.HetLoraOptions,
     "flora": flora.FloraOptions,
     "ffa": ffa.FfaOptions,
+    "florist": florist.FloristOptions,
 }
 
 

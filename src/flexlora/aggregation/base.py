@@ -51,17 +51,25 @@ class AggregationResult:
     client_factors: for every target key, the factors that recipient starts the next
         round from (module -> LoraFactors at the target's rank and scaling), or None for
         methods whose clients start a fresh LoRA each round (FLoRA).
-    global_update: module -> the global update dW (never truncated).
+    global_update: module -> the global update dW (never truncated, except by florist,
+        whose global model is the rank-r* truncation by design).
     merge_into_base: True when the engine must fold `global_update` into the frozen base
         weights after this round (FLoRA); False when the global model is W0 + dW.
     diagnostics: JSON-serialisable figures; at least
         diagnostics["discarded_energy"][module][str(target_key)] = 1 - ||T_r(dW)||² / ||dW||²
+    base_update: module -> an update the engine folds into the frozen base weights after
+        this round, before the recipients continue from `client_factors` (FedEx-LoRA's
+        residual dW − B̄Ā); None for methods without one. It is part of `global_update`,
+        not added to it: the global model is base + global_update, which equals
+        (base + base_update) + a recipient's scaling · B @ A. An engine or writer that
+        drops it leaves every recipient short of the global model by base_update.
     """
 
     client_factors: dict[Hashable, dict[str, LoraFactors]] | None
     global_update: dict[str, GlobalUpdate]
     merge_into_base: bool = False
     diagnostics: dict[str, Any] = field(default_factory=dict)
+    base_update: dict[str, GlobalUpdate] | None = None
 
 
 AggregateFn = Callable[
