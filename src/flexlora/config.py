@@ -7,6 +7,9 @@ construction; unknown keys and wrong types are errors that name the key.
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -15,6 +18,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 import yaml
 
+from flexlora.assets import looks_local
 from flexlora.errors import FlexLoraError
 
 # The module groups used by rank types given as a mapping ({attention: 30, mlp: 200}).
@@ -22,6 +26,24 @@ MODULE_GROUPS: dict[str, tuple[str, ...]] = {
     "attention": ("q_proj", "k_proj", "v_proj", "o_proj"),
     "mlp": ("gate_proj", "up_proj", "down_proj"),
 }
+
+# What torch.device accepts and this project can run on; anything else fails only once the
+# model is loaded, after the data, so it is refused with the rest of the config.
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def _require_finite(group: Any, prefix: str) -> None:
+    """Every float field of a config group is finite: a NaN slips past `x <= 0` checks
+    (every comparison with it is false) and an Inf step size or norm bound is no setting."""
+    for f in dataclasses.fields(group):
+        value = getattr(group, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise FlexLoraError(f"{prefix}.{f.name} is not a finite number, got {value}")
+
+
+def _require_positive(value: float, key: str) -> None:
+    if not value > 0:  # also refuses NaN
+        raise FlexLoraError(f"{key} must be positive, got {value}")
 
 
 @dataclass
@@ -39,6 +61,10 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if not self.target_modules:
             raise FlexLoraError("model.target_modules must name at least one module")
+        if not DEVICE_PATTERN.fullmatch(self.device):
+            raise FlexLoraError(
+                f"model.device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}"
+            )
 
 
 @dataclass
@@ -49,8 +75,8 @@ class LoraSettings:
     """rsLoRA scaling alpha / sqrt(r) instead of alpha / r."""
 
     def __post_init__(self) -> None:
-        if self.alpha <= 0:
-            raise FlexLoraError(f"lora.alpha must be positive, got {self.alpha}")
+        _require_finite(self, "lora")
+        _require_positive(self.alpha, "lora.alpha")
         if not 0 <= self.dropout < 1:
             raise FlexLoraError(f"lora.dropout must be in [0, 1), got {self.dropout}")
 
@@ -69,6 +95,7 @@ class UnseenConfig:
     """A file of held-out task names, one a line (SNI's splits/default/test_tasks.txt)."""
 
     def __post_init__(self) -> None:
+        _require_finite(self, "data.unseen")
         given = [
             k for k in ("count", "fraction", "ids", "split_file") if getattr(self, k) is not None
         ]
@@ -112,6 +139,7 @@ class DataConfig:
     """Where tokenised clients are cached; default ~/.cache/flexlora."""
 
     def __post_init__(self) -> None:
+        _require_finite(self, "data")
         if self.kind not in ("synthetic",) and self.path is None:
             raise FlexLoraError(f"data.path is required for data.kind={self.kind}")
         if self.partition in ("dirichlet", "iid") and (
@@ -148,8 +176,13 @@ class FederationConfig:
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
     weight_decay: float = 0.0
     max_grad_norm: float | None = 1.0
+    min_replies: int = 1
+    """A round whose clients give fewer usable updates than this ends the run (resumable)."""
+    max_update_norm: float | None = None
+    """A client whose update ‖s B A‖_F exceeds this on any module is left out of its round."""
 
     def __post_init__(self) -> None:
+        _require_finite(self, "federation")
         if self.rounds < 1:
             raise FlexLoraError(f"federation.rounds must be >= 1, got {self.rounds}")
         if not 0 < self.fraction <= 1:
@@ -166,8 +199,22 @@ class FederationConfig:
             )
         if self.batch_size < 1 or self.grad_accum < 1:
             raise FlexLoraError("federation.batch_size and federation.grad_accum must be >= 1")
-        if self.lr <= 0:
-            raise FlexLoraError(f"federation.lr must be positive, got {self.lr}")
+        _require_positive(self.lr, "federation.lr")
+        if self.weight_decay < 0:
+            raise FlexLoraError(f"federation.weight_decay must be >= 0, got {self.weight_decay}")
+        # A negative bound flips the clipped gradient's sign (gradient ascent), zero wipes it:
+        # no clipping is `null`.
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise FlexLoraError(
+                "federation.max_grad_norm must be positive (or null for no clipping), "
+                f"got {self.max_grad_norm}"
+            )
+        if self.min_replies < 1:
+            raise FlexLoraError(f"federation.min_replies must be >= 1, got {self.min_replies}")
+        if self.max_update_norm is not None and not self.max_update_norm > 0:
+            raise FlexLoraError(
+                f"federation.max_update_norm must be positive, got {self.max_update_norm}"
+            )
 
 
 @dataclass
@@ -221,6 +268,27 @@ class ExperimentConfig:
     method_options: dict[str, Any] = field(default_factory=dict)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
+    def __post_init__(self) -> None:
+        if self.seed < 0:
+            raise FlexLoraError(f"seed must be >= 0, got {self.seed}")
+        self._check_rank_type_keys()
+
+    def _check_rank_type_keys(self) -> None:
+        """A rank type's mapping keys are module groups or target modules: any other key
+        would be ignored silently (a typo such as `atention` leaves its modules unranked or
+        on another key's rank)."""
+        known = {*MODULE_GROUPS, *self.model.target_modules}
+        for i, rank_type in enumerate(self.ranks.types):
+            if not isinstance(rank_type, dict):
+                continue
+            for key in rank_type:
+                if key not in known:
+                    raise FlexLoraError(
+                        f"ranks.types[{i}]: unknown module or group {key!r} (known: "
+                        f"{', '.join(sorted(MODULE_GROUPS))} or a name in model.target_modules: "
+                        f"{', '.join(self.model.target_modules)})"
+                    )
+
 
 T = TypeVar("T")
 
@@ -267,6 +335,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):
+            # YAML 1.1 reads an exponent without a dot (3e-4, 1E+2) as a string
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
         raise FlexLoraError(f"{key}: expected a number, got {value!r}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
@@ -314,6 +388,40 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping names the same key twice (PyYAML alone would keep the last silently)."""
+
+    def __init__(self, key: Any, line: int, first_line: int) -> None:
+        super().__init__(f"key {key!r} on line {line} repeats the one on line {first_line}")
+        self.key, self.line, self.first_line = key, line, first_line
+
+
+class StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a mapping with a repeated key: a second `data:` block
+    would otherwise replace the first whole, and the run would use defaults the user
+    never chose."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` overrides by design
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in first_lines:
+                    raise DuplicateKeyError(key, line, first_lines[key])
+                first_lines[key] = line
+            except TypeError:  # an unhashable key: SafeLoader's own error says so
+                continue
+        return super().construct_mapping(node, deep=deep)
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML text safely, refusing repeated keys (DuplicateKeyError)."""
+    return yaml.load(text, Loader=StrictLoader)  # StrictLoader is a SafeLoader
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """`KEY=VALUE` with VALUE parsed as YAML (so 3 is an int, [1,2] a list, null None)."""
     if "=" not in text:
@@ -323,7 +431,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not key:
         raise FlexLoraError(f"--set expects KEY=VALUE, got {text!r}")
     try:
-        return key, yaml.safe_load(raw) if raw.strip() else ""
+        return key, yaml_load(raw) if raw.strip() else ""
+    except DuplicateKeyError as e:
+        raise FlexLoraError(f"--set {key}: {e}") from e
     except yaml.YAMLError as e:
         raise FlexLoraError(
             f"--set {key}: cannot parse {raw!r} as YAML ({e.__class__.__name__})"
@@ -334,19 +444,61 @@ def load_config(
     path: str | Path | None = None, overrides: typing.Sequence[str] = ()
 ) -> ExperimentConfig:
     """Read a YAML file (or start from defaults), apply `KEY=VALUE` overrides, validate."""
-    tree: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise FlexLoraError(f"config file not found: {p}")
-        try:
-            loaded = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as e:
-            raise FlexLoraError(f"{p}: not valid YAML: {str(e).splitlines()[0]}") from e
-        if loaded is not None and not isinstance(loaded, dict):
-            raise FlexLoraError(f"{p}: the top level must be a mapping")
-        tree = loaded or {}
+    tree = read_config_file(Path(path)) if path is not None else {}
     for text in overrides:
         key, value = parse_override(text)
         _set_dotted(tree, key, value)
-    return config_from_dict(tree)
+    return absolute_paths(config_from_dict(tree))
+
+
+def read_config_file(p: Path) -> dict[str, Any]:
+    """The mapping a YAML config file holds; FlexLoraError naming the file otherwise."""
+    if not p.is_file():
+        raise FlexLoraError(f"config file not found: {p}")
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise FlexLoraError(
+            f"{p}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}): "
+            "save it as UTF-8"
+        ) from e
+    except OSError as e:
+        raise FlexLoraError(f"{p}: cannot read it ({e.strerror})") from e
+    try:
+        loaded = yaml_load(text)
+    except DuplicateKeyError as e:
+        raise FlexLoraError(f"{p}: {e}; give each key once") from e
+    except yaml.YAMLError as e:
+        raise FlexLoraError(f"{p}: not valid YAML: {str(e).splitlines()[0]}") from e
+    if loaded is not None and not isinstance(loaded, dict):
+        raise FlexLoraError(f"{p}: the top level must be a mapping")
+    return loaded or {}
+
+
+def _absolute(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
+    """The config with its local paths made absolute, so that the config.yaml a run saves
+    still points at the same files when `--resume` is run from another directory.
+
+    Hub names (model.path `org/name`, data.path of kind=hf) stay as written unless a
+    local path of that name exists, which is what transformers and datasets would load.
+    """
+    model, data = cfg.model, cfg.data
+
+    def local(path: str) -> bool:
+        return looks_local(path) or Path(path).expanduser().exists()
+
+    if not model.path.startswith("builtin:") and local(model.path):
+        model = dataclasses.replace(model, path=_absolute(model.path))
+    path = data.path
+    if path is not None and (data.kind != "hf" or local(path)):
+        path = _absolute(path)
+    cache_dir = _absolute(data.cache_dir) if data.cache_dir is not None else None
+    unseen = data.unseen
+    if unseen.split_file is not None:
+        unseen = dataclasses.replace(unseen, split_file=_absolute(unseen.split_file))
+    data = dataclasses.replace(data, path=path, cache_dir=cache_dir, unseen=unseen)
+    return dataclasses.replace(cfg, model=model, data=data)

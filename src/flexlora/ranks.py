@@ -128,7 +128,20 @@ def rank_for_module(rank_type: RankType, module_name: str) -> int:
 def resolve_rank_type(
     rank_type: RankType, module_shapes: Mapping[str, tuple[int, int]]
 ) -> dict[str, int]:
-    """Per-module ranks of a type, capped at min(out, in) with a warning."""
+    """Per-module ranks of a type, capped at min(out, in) with a warning.
+
+    A mapping key that is neither a module group nor the name of a module is refused:
+    ignoring it would train with ranks the user did not ask for.
+    """
+    if not isinstance(rank_type, int):
+        leaves = {name.rsplit(".", 1)[-1] for name in module_shapes}
+        for key in rank_type:
+            if key not in MODULE_GROUPS and key not in leaves:
+                raise FlexLoraError(
+                    f"rank type {dict(rank_type)}: {key!r} is neither a module group "
+                    f"({', '.join(MODULE_GROUPS)}) nor a target module "
+                    f"({', '.join(sorted(leaves))})"
+                )
     ranks: dict[str, int] = {}
     capped: set[tuple[str, int, int]] = set()
     for name, (out_f, in_f) in module_shapes.items():
