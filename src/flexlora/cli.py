@@ -9,11 +9,12 @@ import argparse
 import importlib
 import logging
 import sys
+import traceback
 import warnings
 from collections.abc import Sequence
 
 from flexlora import __version__
-from flexlora.errors import FlexLoraError
+from flexlora.errors import FlexLoraError, InternalError
 
 # Subcommand modules, each exposing register(subparsers) that sets `func(args) -> int`.
 COMMANDS = ("run", "compare", "aggregate", "data")
@@ -26,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"flexlora {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of an error, not just its line"
+    )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         try:
@@ -59,8 +63,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except FlexLoraError as e:
+        if args.debug:
+            traceback.print_exc()
         print(f"flexlora {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except InternalError as e:
+        # an engine bug: the traceback is what a bug report needs, and exit 1 (not 2)
+        # keeps scripts from treating it as bad input
+        traceback.print_exc()
+        print(
+            f"flexlora {args.command}: internal error (a flexlora bug, please report it "
+            f"with the traceback above): {e}",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt:
         print(f"flexlora {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -1,4 +1,4 @@
-"""The one exception type users see for bad input.
+"""The exception types of flexlora: bad input (FlexLoraError) and its own bugs (InternalError).
 
 The CLI turns a `FlexLoraError` into a single line on stderr and exit status 2.
 It subclasses ValueError so library callers can catch it as the usual bad-input error.
@@ -7,3 +7,12 @@ It subclasses ValueError so library callers can catch it as the usual bad-input 
 
 class FlexLoraError(ValueError):
     """Bad input: a message that names the file, client or module at fault."""
+
+
+class InternalError(RuntimeError):
+    """A broken invariant of flexlora itself (an engine bug), never the user's input.
+
+    Deliberately not a FlexLoraError (nor a ValueError): the CLI shows it with its
+    traceback and exit status 1 as a bug to report, instead of one line that would
+    send the user hunting for a mistake in their config.
+    """
