@@ -187,7 +187,7 @@ def test_unknown_method_lists_known_ones() -> None:
         get_method("fedavg")
     assert str(info.value) == (
         "unknown aggregation method 'fedavg'; "
-        "known methods: fedit, ffa, flexlora, flora, florist, hetlora, zeropad"
+        "known methods: fedex, fedit, ffa, flexlora, flora, florist, hetlora, zeropad"
     )
 
 

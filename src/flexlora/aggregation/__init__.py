@@ -12,7 +12,7 @@ FlexLoraError.
 
 from __future__ import annotations
 
-from flexlora.aggregation import fedit, ffa, flexlora, flora, florist, hetlora, zeropad
+from flexlora.aggregation import fedex, fedit, ffa, flexlora, flora, florist, hetlora, zeropad
 from flexlora.aggregation.base import AggregateFn, AggregationResult, GlobalUpdate, TargetSpec
 from flexlora.errors import FlexLoraError
 
@@ -24,6 +24,7 @@ METHODS: dict[str, AggregateFn] = {
     "flora": flora.aggregate,
     "ffa": ffa.aggregate,
     "florist": florist.aggregate,
+    "fedex": fedex.aggregate,
 }
 
 method_options: dict[str, type] = {
@@ -34,6 +35,7 @@ method_options: dict[str, type] = {
     "flora": flora.FloraOptions,
     "ffa": ffa.FfaOptions,
     "florist": florist.FloristOptions,
+    "fedex": fedex.FedExOptions,
 }
 
 
