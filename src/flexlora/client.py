@@ -1,25 +1,139 @@
-"""Local training of one client: knows nothing of federation.
+"""One client's round: `local_update(host, task) -> reply`. Knows nothing of the server.
 
-The engine activates the client's adapter, loads the factors the server handed its rank
-class, and calls `train_client`; what comes back is the loss and the work done. The
-trained factors are read from the adapter afterwards.
+The task carries everything a client needs (its id, the round, its rank class and
+per-module ranks, its start factors, a seed, the method and its options); the reply
+carries everything it sends back (trained factors, number of examples, loss, tokens,
+seconds, the ranks it keeps) or a failure and its reason. Every engine, in-process or
+Flower, runs exactly this function; `train_client` is its inner loop.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
+from flexlora.adapters import AdapterHost
 from flexlora.config import FederationConfig
 from flexlora.data.tokenize import TokenizedExample, TokenizedSplit, collate
+from flexlora.lora import LoraFactors
+from flexlora.methods import Regularizer, get_federated_method, zero_tail
 
-# A regulariser over the live (B, A) parameters of every module -> a scalar added to the loss.
-Regularizer = Callable[[], Tensor]
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ClientTask:
+    """What the server sends one client for one round."""
+
+    client_id: str
+    round: int
+    """The round being trained, counted from 1."""
+    rank_class: str
+    """The adapter (rank class) the client trains; `start` has its ranks."""
+    ranks: dict[str, int]
+    """Module -> the rank the client trains (below the class rank after HETLoRA pruning;
+    components past it are zero and stay zero)."""
+    start: dict[str, LoraFactors]
+    """Module -> the factors the client starts from, at its class's ranks."""
+    seed: int
+    """Orders the batches and seeds dropout; derived from (run seed, round, client id)."""
+    method: str
+    method_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ClientReply:
+    """What one client sends back: its trained factors, or why it has none."""
+
+    client_id: str
+    factors: dict[str, LoraFactors] | None
+    num_examples: int
+    """Local training examples: the client's aggregation weight."""
+    ranks: dict[str, int] = field(default_factory=dict)
+    """Module -> the rank the client keeps for the next round."""
+    loss: float = math.nan
+    tokens: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+    """Why the client has no update (training raised, the loss became non-finite, ...)."""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.factors is not None
+
+
+@dataclass
+class ClientHost:
+    """What a client process holds across rounds: the model with its rank classes'
+    adapters, its clients' training data and the local training settings."""
+
+    adapters: AdapterHost
+    train_examples: Mapping[str, TokenizedSplit]
+    federation: FederationConfig
+    pad_id: int
+    device: torch.device
+
+
+def local_update(host: ClientHost, task: ClientTask) -> ClientReply:
+    """Train one client for one round from the task's start factors.
+
+    A client whose training fails (an exception, a non-finite loss or factors) answers
+    with the reason instead of factors: the server leaves it out of the round.
+    """
+    examples = host.train_examples.get(task.client_id)
+    num_examples = len(examples) if examples is not None else 0
+    try:
+        if not examples:
+            raise ValueError("no training examples on this client")
+        method = get_federated_method(task.method)
+        options = method.options(task.method_options)
+        start = {n: zero_tail(f, task.ranks[n]) for n, f in task.start.items()}
+        host.adapters.load(task.rank_class, start)
+        params = host.adapters.activate(task.rank_class, freeze_A=method.freeze_A)
+        device = host.device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(task.seed)  # dropout only, scoped: the caller's RNG is restored
+            result = train_client(
+                host.adapters.model,
+                params,
+                examples,
+                host.federation,
+                pad_id=host.pad_id,
+                generator=torch.Generator().manual_seed(task.seed),
+                device=device,
+                regularizer=method.regularizer(
+                    options, host.adapters.factor_pairs(task.rank_class)
+                ),
+            )
+        trained = host.adapters.read(task.rank_class)
+        factors, ranks = method.after_training(options, start, trained, task.ranks)
+        bad = next((n for n, f in factors.items() if not _finite(f)), None)
+        if bad is not None:
+            raise FloatingPointError(f"the trained factors of {bad} are not finite")
+    except Exception as e:  # a failing client is reported and left out, never fatal
+        reason = f"{type(e).__name__}: {e}"
+        logger.warning("client %s failed in round %d: %s", task.client_id, task.round, reason)
+        return ClientReply(task.client_id, None, num_examples, error=reason)
+    return ClientReply(
+        client_id=task.client_id,
+        factors=factors,
+        num_examples=num_examples,
+        ranks=ranks,
+        loss=result.loss,
+        tokens=result.tokens,
+        seconds=result.seconds,
+    )
+
+
+def _finite(f: LoraFactors) -> bool:
+    return bool(torch.isfinite(f.B).all()) and bool(torch.isfinite(f.A).all())
 
 
 @dataclass
@@ -95,30 +209,37 @@ def train_client(
     was_training = model.training
     model.train()
     start = time.perf_counter()
-    total_loss, tokens, seen = 0.0, 0, 0
+    # The losses stay on the device and are read once at the end: a read per micro-batch
+    # would make the host wait for the device every time. A non-finite loss poisons the
+    # sum, so one check at the end still catches it (and the factors are checked too).
+    step_losses = torch.zeros(steps, device=device)
+    tokens, seen = 0, 0
     for step in range(steps):
         optimizer.zero_grad(set_to_none=True)
-        step_loss = 0.0
         for micro in batches[step * fed.grad_accum : (step + 1) * fed.grad_accum]:
             cpu_batch = collate([examples[i] for i in micro], pad_id)
-            tokens += int(cpu_batch["attention_mask"].sum())  # counted on the CPU: no GPU sync
+            tokens += int(cpu_batch["attention_mask"].sum())  # counted on the CPU: no sync
             batch = {k: v.to(device) for k, v in cpu_batch.items()}
             loss = model(**batch).loss
-            step_loss += float(loss.detach()) / fed.grad_accum
+            step_losses[step] += loss.detach().float() / fed.grad_accum
             if regularizer is not None:
                 loss = loss + regularizer()
             (loss / fed.grad_accum).backward()
             seen += len(micro)
-        if not math.isfinite(step_loss):
-            raise FloatingPointError(f"training loss became {step_loss} at local step {step}")
         if fed.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(params, fed.max_grad_norm)
         optimizer.step()
         scheduler.step()
-        total_loss += step_loss
     model.train(was_training)
+    losses = step_losses.cpu()
+    if not bool(torch.isfinite(losses).all()):
+        first = int((~torch.isfinite(losses)).nonzero()[0])
+        raise FloatingPointError(
+            f"the training loss became {float(losses[first])} at local step {first + 1} of "
+            f"{steps} (lower federation.lr or set federation.max_grad_norm)"
+        )
     return ClientTrainResult(
-        loss=total_loss / steps,
+        loss=float(losses.mean()),
         steps=steps,
         examples_seen=seen,
         tokens=tokens,

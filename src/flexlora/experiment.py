@@ -17,13 +17,21 @@ import torch
 
 from flexlora.adapters import AdapterHost, target_module_shapes
 from flexlora.assets import resolve_model_path
+from flexlora.client import ClientHost
 from flexlora.config import ExperimentConfig
 from flexlora.data.dataset import load_federated_dataset
 from flexlora.data.tokenize import TokenizedCache
 from flexlora.errors import FlexLoraError
 from flexlora.evaluate import count_examples, evaluate_clients
 from flexlora.outputs import Checkpoint, RunWriter
-from flexlora.simulation import Federation, RunObserver, ServerState, build_rank_classes
+from flexlora.rounds import (
+    Server,
+    ServerState,
+    build_rank_classes,
+    initial_state,
+    total_update,
+)
+from flexlora.simulation import InProcessEngine, RunObserver
 
 logger = logging.getLogger(__name__)
 
@@ -68,16 +76,15 @@ def load_model_and_tokenizer(cfg: ExperimentConfig, device: torch.device) -> tup
 
 def validate_experiment(cfg: ExperimentConfig) -> None:
     """Checks that need no model or data: method, its options, rank types, distribution."""
-    from flexlora.aggregation import get_method, method_options
-    from flexlora.aggregation.common import parse_options
+    from flexlora.methods import get_federated_method
     from flexlora.ranks import distribution_probabilities
 
-    get_method(cfg.method)
-    parse_options(method_options[cfg.method], cfg.method_options, cfg.method)
+    method = get_federated_method(cfg.method)
+    method.resolve_options(cfg.method_options, cfg.seed)
     distribution_probabilities(cfg.ranks.distribution, len(cfg.ranks.types))
-    if cfg.method == "fedit" and len({str(t) for t in cfg.ranks.types}) > 1:
+    if method.single_rank and len({str(t) for t in cfg.ranks.types}) > 1:
         raise FlexLoraError(
-            "method fedit trains one homogeneous rank: give a single rank type "
+            f"method {method.name} trains one homogeneous rank: give a single rank type "
             "(e.g. --set 'ranks.types=[8]')"
         )
 
@@ -99,7 +106,7 @@ def run_experiment(
     After every round the server state is saved to `out_dir/checkpoint.pt`. Given that
     `checkpoint` (read back with `read_checkpoint`), the run goes on from the round after
     it and ends exactly as an uninterrupted run would: every random draw of a round is
-    seeded from (seed, round), and the client sampler's state is part of the checkpoint.
+    seeded from (seed, round, client id), never from state carried in memory.
     """
     observer = observer or RunObserver()
     started = time.perf_counter()
@@ -112,7 +119,7 @@ def run_experiment(
         raise FlexLoraError("no seen clients left to train on after holding out the unseen ones")
     model, tokenizer = load_model_and_tokenizer(cfg, device)
     shapes = target_module_shapes(model, cfg.model.target_modules)
-    classes, _ = build_rank_classes(cfg.ranks.types, shapes)
+    build_rank_classes(cfg.ranks.types, shapes)  # rank types checked before tokenising
     tokenized = TokenizedCache(cfg.data.cache_dir).load_or_tokenize(dataset, tokenizer, cfg.data)
     train_examples = {cid: tokenized.split(cid, "train") for cid in dataset.seen}
     # A client whose every example lost its target to max_length cannot train: it stays
@@ -134,7 +141,10 @@ def run_experiment(
                 f"no client has a training example within data.max_length={cfg.data.max_length}"
             )
 
-    host = AdapterHost(model, cfg.model.target_modules, cfg.lora, {c.key: c.ranks for c in classes})
+    server = Server.build(cfg, shapes, list(dataset.seen))
+    host = AdapterHost(
+        model, cfg.model.target_modules, cfg.lora, {c.key: c.ranks for c in server.classes}
+    )
 
     def evaluate(
         model: Any, split: str, clients: Mapping[str, Any], obs: RunObserver
@@ -153,17 +163,19 @@ def run_experiment(
         )
         return result.to_dict()
 
-    federation = Federation(
-        config=cfg,
+    engine = InProcessEngine(
+        server=server,
+        client=ClientHost(
+            adapters=host,
+            train_examples=train_examples,
+            federation=cfg.federation,
+            pad_id=int(tokenizer.pad_token_id),
+            device=device,
+        ),
         dataset=dataset,
-        train_examples=train_examples,
-        host=host,
-        classes=classes,
-        device=device,
-        pad_id=int(tokenizer.pad_token_id),
         evaluate=evaluate,
     )
-    state = federation.initial_state()
+    state = initial_state(server)
     seconds_before = 0.0
     if checkpoint is not None:
         state = resume_state(checkpoint, state, host)
@@ -172,20 +184,20 @@ def run_experiment(
     writer = RunWriter(out_dir, cfg)
     writer.start(
         dataset=dataset,
-        classes=classes,
+        classes=server.classes,
         client_class=state.client_class,
         tokenized_stats=tokenized.counts,
         resumed_rounds=state.round,
     )
     if cfg.eval.baseline and state.round == 0:
-        state.baseline = federation.evaluate_global(state, observer)  # W0: no update yet
+        state.baseline = engine.evaluate_global(state, observer)  # W0: no update yet
     while state.round < cfg.federation.rounds:
-        record = federation.run_round(state, observer)
+        state, record = engine.run_round(state, observer)
         writer.append_round(record)
         writer.checkpoint(state, seconds_before + time.perf_counter() - started)
     summary = writer.finish(
         state=state,
-        federation=federation,
+        total_update=total_update(state, shapes),
         tokenizer=tokenizer,
         seconds_total=seconds_before + time.perf_counter() - started,
     )

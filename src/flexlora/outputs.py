@@ -26,8 +26,9 @@ from flexlora.config import ExperimentConfig, config_to_dict
 from flexlora.errors import FlexLoraError
 
 if TYPE_CHECKING:
+    from flexlora.aggregation.base import GlobalUpdate
     from flexlora.data.types import FederatedDataset
-    from flexlora.simulation import Federation, RankClass, ServerState
+    from flexlora.rounds import RankClass, ServerState
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 CHECKPOINT = "checkpoint.pt"
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: draws seeded by (round, client id), no sampler state
 
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
@@ -169,15 +170,21 @@ class RunWriter:
         )
 
     def finish(
-        self, *, state: ServerState, federation: Federation, tokenizer: Any, seconds_total: float
+        self,
+        *,
+        state: ServerState,
+        total_update: Mapping[str, GlobalUpdate],
+        tokenizer: Any,
+        seconds_total: float,
     ) -> dict[str, Any]:
+        """Write the adapters, summary.json and plots; `total_update` is W - W0."""
         from flexlora.peft_io import write_adapter, write_global_adapter
 
         template = peft_template(self.cfg)
         adapters = self.out_dir / "adapters"
         if adapters.exists():  # left by an attempt that crashed while writing; rebuilt whole
             shutil.rmtree(adapters)
-        write_global_adapter(adapters / "global", federation.total_update(state), template)
+        write_global_adapter(adapters / "global", total_update, template)
         if state.class_factors is not None:
             for key, factors in state.class_factors.items():
                 write_adapter(adapters / key, factors, template)

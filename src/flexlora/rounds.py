@@ -1,0 +1,456 @@
+"""The server side of a round, shared by every engine: pure functions over `ServerState`.
+
+    clients = sample_clients(server, state)
+    tasks   = make_tasks(server, state, clients)          --> client.local_update, each
+    state, result, record = aggregate_round(server, state, tasks, replies)
+    (FLoRA: the engine folds result.global_update into its base weights)
+    (the engine evaluates W0 + state.global_update)
+
+Every random draw is seeded from (run seed, stream, round, client id), never from a
+client's position in the round or from a generator carried between rounds, so any
+engine, in any order, draws the same numbers, and a resumed run the same as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from flexlora.aggregation.base import AggregationResult, GlobalUpdate, TargetSpec
+from flexlora.aggregation.common import stable_seed
+from flexlora.client import ClientReply, ClientTask
+from flexlora.config import ExperimentConfig
+from flexlora.errors import FlexLoraError
+from flexlora.lora import LoraFactors, lora_scaling
+from flexlora.methods import Method, get_federated_method
+from flexlora.ranks import (
+    RankType,
+    assign_rank_types,
+    distribution_probabilities,
+    rank_type_label,
+    resolve_rank_type,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RankClass:
+    """Clients that share one rank type share one adapter and one set of start factors."""
+
+    key: str
+    """Adapter name and output folder suffix, e.g. 'rank-8' or 'rank-attention30-mlp200'."""
+    type_indices: list[int]
+    ranks: dict[str, int]
+
+
+def build_rank_classes(
+    types: Sequence[RankType], shapes: Mapping[str, tuple[int, int]]
+) -> tuple[list[RankClass], dict[int, str]]:
+    """Resolve every rank type to per-module ranks; types that cap to the same ranks merge."""
+    classes: dict[tuple[tuple[str, int], ...], RankClass] = {}
+    type_to_class: dict[int, str] = {}
+    for index, rank_type in enumerate(types):
+        ranks = resolve_rank_type(rank_type, shapes)
+        signature = tuple(sorted(ranks.items()))
+        if signature not in classes:
+            classes[signature] = RankClass(f"rank-{rank_type_label(rank_type)}", [], ranks)
+        classes[signature].type_indices.append(index)
+        type_to_class[index] = classes[signature].key
+    return list(classes.values()), type_to_class
+
+
+@dataclass
+class ServerState:
+    """Everything the server carries from one round to the next."""
+
+    round: int
+    """Rounds completed."""
+    client_class: dict[str, str]
+    """client id -> rank class key (drawn once, kept for the run)."""
+    class_factors: dict[str, dict[str, LoraFactors]] | None
+    """rank class -> the factors its clients start the next round from (None: fresh LoRA)."""
+    global_update: dict[str, GlobalUpdate] | None
+    """The current global update dW (W0 + dW is the global model); None before round 1."""
+    merged: list[dict[str, GlobalUpdate]] = field(default_factory=list)
+    """Updates already folded into the base weights (FLoRA), one per round."""
+    client_ranks: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Per-client ranks below the class rank (HETLoRA's self-pruning), module -> rank."""
+    history: list[dict[str, Any]] = field(default_factory=list)
+    baseline: dict[str, Any] | None = None
+    """Evaluation of the base model before round 1 (None when not asked for)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors, numbers, strings, lists and dicts only: `torch.load(weights_only=True)`
+        reads it back without unpickling any class."""
+        return {
+            "round": self.round,
+            "client_class": dict(self.client_class),
+            "class_factors": None
+            if self.class_factors is None
+            else {
+                key: {m: {"B": f.B, "A": f.A, "scaling": f.scaling} for m, f in factors.items()}
+                for key, factors in self.class_factors.items()
+            },
+            "global_update": _updates_to_dict(self.global_update),
+            "merged": [_updates_to_dict(u) for u in self.merged],
+            "client_ranks": self.client_ranks,
+            "history": self.history,
+            "baseline": self.baseline,
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Any]) -> ServerState:
+        factors = state["class_factors"]
+        return cls(
+            round=int(state["round"]),
+            client_class=dict(state["client_class"]),
+            class_factors=None
+            if factors is None
+            else {
+                key: {m: LoraFactors(f["B"], f["A"], float(f["scaling"])) for m, f in fs.items()}
+                for key, fs in factors.items()
+            },
+            global_update=_updates_from_dict(state["global_update"]),
+            merged=[u for u in map(_updates_from_dict, state["merged"]) if u is not None],
+            client_ranks=dict(state["client_ranks"]),
+            history=list(state["history"]),
+            baseline=state.get("baseline"),
+        )
+
+
+def _updates_to_dict(
+    updates: Mapping[str, GlobalUpdate] | None,
+) -> dict[str, dict[str, torch.Tensor | None]] | None:
+    if updates is None:
+        return None
+    return {m: {"B": u.B, "A": u.A, "S": u.singular_values} for m, u in updates.items()}
+
+
+def _updates_from_dict(
+    updates: Mapping[str, Mapping[str, torch.Tensor | None]] | None,
+) -> dict[str, GlobalUpdate] | None:
+    if updates is None:
+        return None
+    return {m: GlobalUpdate(u["B"], u["A"], u["S"]) for m, u in updates.items()}  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Server:
+    """The fixed parts of a run the server functions read: config, method, rank classes,
+    the target modules' shapes and the clients that can be sampled."""
+
+    config: ExperimentConfig
+    shapes: Mapping[str, tuple[int, int]]
+    """Target module -> (out, in)."""
+    classes: Sequence[RankClass]
+    client_ids: Sequence[str]
+    """The seen clients, sampled from."""
+    method: Method
+    method_options: Mapping[str, Any]
+    """The method's options as every client and the aggregation get them."""
+
+    @classmethod
+    def build(
+        cls,
+        config: ExperimentConfig,
+        shapes: Mapping[str, tuple[int, int]],
+        client_ids: Sequence[str],
+    ) -> Server:
+        method = get_federated_method(config.method)
+        classes, _ = build_rank_classes(config.ranks.types, shapes)
+        if method.single_rank and len(classes) > 1:
+            raise FlexLoraError(
+                f"method {method.name} trains one homogeneous rank: give a single rank type "
+                "(e.g. --set 'ranks.types=[8]')"
+            )
+        return cls(
+            config=config,
+            shapes=dict(shapes),
+            classes=classes,
+            client_ids=sorted(client_ids),
+            method=method,
+            method_options=method.resolve_options(config.method_options, config.seed),
+        )
+
+    def class_ranks(self, key: str) -> dict[str, int]:
+        return next(c.ranks for c in self.classes if c.key == key)
+
+    def scalings(self, key: str) -> dict[str, float]:
+        lora = self.config.lora
+        return {
+            n: lora_scaling(lora.alpha, r, lora.rslora) for n, r in self.class_ranks(key).items()
+        }
+
+    def seed(self, stream: str, *parts: object) -> int:
+        """A seed for one stream of draws, from the run's seed and the given parts."""
+        return stable_seed(stream, self.config.seed, *parts)
+
+
+# -- set-up ---------------------------------------------------------------------------
+
+
+def initial_state(server: Server) -> ServerState:
+    """Round 0: every seen client's rank class drawn from the distribution, fresh factors."""
+    cfg = server.config
+    probs = distribution_probabilities(cfg.ranks.distribution, len(cfg.ranks.types))
+    assign_rng = np.random.default_rng(server.seed("rank-types"))
+    type_of = assign_rank_types(list(server.client_ids), probs, assign_rng)
+    _, type_to_class = build_rank_classes(cfg.ranks.types, server.shapes)
+    return ServerState(
+        round=0,
+        client_class={cid: type_to_class[t] for cid, t in type_of.items()},
+        class_factors=None,
+        global_update=None,
+    )
+
+
+def fresh_factors(server: Server, round_index: int) -> dict[str, dict[str, LoraFactors]]:
+    """Every class's start factors from one draw at the largest rank, sliced per class.
+
+    PEFT's default initialisation (A ~ U(±1/√in), B = 0) from a generator seeded by the
+    round, or the method's own A (FFA-LoRA's shared frozen draw). Slicing one draw gives
+    every class the same leading rows of A, which FFA-LoRA needs and costs the others
+    nothing.
+    """
+    max_ranks = {n: max(c.ranks[n] for c in server.classes) for n in server.shapes}
+    generator = torch.Generator().manual_seed(server.seed("init", round_index))
+    options = server.method.options(server.method_options)
+    chosen_A = server.method.initial_A(server.shapes, max_ranks, options)
+    widest: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for name in sorted(server.shapes):  # sorted: the draw order must not depend on dict order
+        out_f, in_f = server.shapes[name]
+        bound = 1.0 / math.sqrt(in_f)  # kaiming_uniform_(a=√5), PEFT's default for A
+        A = (torch.rand(max_ranks[name], in_f, generator=generator) * 2 - 1) * bound  # (r, in)
+        if chosen_A is not None:
+            A = chosen_A[name].to(A.dtype)
+        widest[name] = (torch.zeros(out_f, max_ranks[name]), A)  # B (out, r) = 0
+    out = {}
+    for c in server.classes:
+        s = server.scalings(c.key)
+        out[c.key] = {
+            n: LoraFactors(B=B[:, : c.ranks[n]], A=A[: c.ranks[n]], scaling=s[n])
+            for n, (B, A) in widest.items()
+        }
+    return out
+
+
+# -- one round ------------------------------------------------------------------------
+
+
+def sample_clients(server: Server, state: ServerState) -> list[str]:
+    """The clients of round `state.round + 1`: a seeded draw without replacement."""
+    fed = server.config.federation
+    ids = list(server.client_ids)
+    count = fed.clients_per_round or max(1, round(fed.fraction * len(ids)))
+    count = min(count, len(ids))
+    rng = np.random.default_rng(server.seed("sample", state.round + 1))
+    chosen = sorted(rng.choice(len(ids), size=count, replace=False).tolist())
+    return [ids[i] for i in chosen]
+
+
+def make_tasks(server: Server, state: ServerState, client_ids: Sequence[str]) -> list[ClientTask]:
+    """The tasks of the sampled clients: each its class's start factors and its own ranks
+    (fresh factors, drawn once for the round, before round 1 and after each FLoRA merge)."""
+    starts = state.class_factors
+    if starts is None:
+        starts = fresh_factors(server, state.round)
+    tasks = []
+    for client_id in client_ids:
+        key = state.client_class[client_id]
+        own = state.client_ranks.get(client_id, {})
+        tasks.append(
+            ClientTask(
+                client_id=client_id,
+                round=state.round + 1,
+                rank_class=key,
+                ranks={n: own.get(n, r) for n, r in server.class_ranks(key).items()},
+                start=dict(starts[key]),
+                seed=server.seed("train", state.round + 1, client_id),
+                method=server.method.name,
+                method_options=dict(server.method_options),
+            )
+        )
+    return tasks
+
+
+def check_reply(server: Server, task: ClientTask, reply: ClientReply) -> str | None:
+    """Why a reply cannot enter the aggregation, or None when it can.
+
+    A reply must come from the client it was asked of, hold every target module at the
+    shape and rank of its task, be finite, and (when federation.max_update_norm is set)
+    have an update ‖s B A‖_F within that bound on every module.
+    """
+    if reply.error is not None:
+        return reply.error
+    if reply.client_id != task.client_id:
+        return f"reply from {reply.client_id} to the task of {task.client_id}"
+    if reply.factors is None:
+        return "no factors in the reply"
+    if set(reply.factors) != set(task.start):
+        missing = sorted(set(task.start) ^ set(reply.factors))
+        return f"the reply's modules differ from the task's (first: {missing[0]})"
+    if reply.num_examples < 1:
+        return f"num_examples is {reply.num_examples}"
+    bound = server.config.federation.max_update_norm
+    for name, f in reply.factors.items():
+        expected = task.start[name]
+        if f.B.shape != expected.B.shape or f.A.shape != expected.A.shape:
+            return (
+                f"{name}: factors of shape B {tuple(f.B.shape)}, A {tuple(f.A.shape)}; "
+                f"the task's are B {tuple(expected.B.shape)}, A {tuple(expected.A.shape)}"
+            )
+        if not math.isclose(f.scaling, expected.scaling, rel_tol=1e-6):
+            return f"{name}: scaling {f.scaling}, the task's is {expected.scaling}"
+        if not (bool(torch.isfinite(f.B).all()) and bool(torch.isfinite(f.A).all())):
+            return f"{name}: the update is not finite"
+        if bound is not None:
+            norm = _update_norm(f)
+            if norm > bound:
+                return f"{name}: update norm {norm:.3g} exceeds federation.max_update_norm={bound}"
+    return None
+
+
+def _update_norm(f: LoraFactors) -> float:
+    """‖s B A‖_F without forming B A: ‖BA‖_F² = Σ (BᵀB) ⊙ (AAᵀ), both (r, r)."""
+    gram_b = f.B.double().mT @ f.B.double()  # (r, out) @ (out, r) -> (r, r)
+    gram_a = f.A.double() @ f.A.double().mT  # (r, in) @ (in, r) -> (r, r)
+    return abs(f.scaling) * math.sqrt(max(float((gram_b * gram_a).sum()), 0.0))
+
+
+class RoundFailure(FlexLoraError):
+    """Too few clients of a round could be aggregated: the run stops here, resumable."""
+
+
+def aggregate_round(
+    server: Server,
+    state: ServerState,
+    tasks: Sequence[ClientTask],
+    replies: Sequence[ClientReply],
+) -> tuple[ServerState, AggregationResult, dict[str, Any]]:
+    """Aggregate the replies that pass `check_reply` and hand out the next start factors.
+
+    Returns the state after the round, the aggregation's result and the round's record
+    (without evaluation). Raises RoundFailure when fewer than federation.min_replies
+    clients could be aggregated.
+    """
+    by_client = {r.client_id: r for r in replies}
+    accepted: list[ClientReply] = []
+    failed: list[dict[str, str]] = []
+    for task in tasks:
+        reply = by_client.get(task.client_id)
+        reason = "no reply" if reply is None else check_reply(server, task, reply)
+        if reason is None and reply is not None:
+            accepted.append(reply)
+        else:
+            failed.append({"client": task.client_id, "reason": reason or "no reply"})
+            logger.warning(
+                "round %d: client %s left out: %s", state.round + 1, task.client_id, reason
+            )
+    needed = server.config.federation.min_replies
+    if len(accepted) < needed:
+        reasons = "; ".join(f"{f['client']}: {f['reason']}" for f in failed[:3])
+        raise RoundFailure(
+            f"round {state.round + 1}: {len(failed)} of {len(tasks)} clients failed and "
+            f"{len(accepted)} < federation.min_replies={needed} remain ({reasons}); "
+            "if training diverged, lower federation.lr; the run can go on with --resume"
+        )
+
+    targets: dict[Hashable, TargetSpec] = {
+        c.key: TargetSpec(ranks=c.ranks, scalings=server.scalings(c.key)) for c in server.classes
+    }
+    updates = [r.factors for r in accepted if r.factors is not None]
+    weights = [float(r.num_examples) for r in accepted]
+    result = server.method.aggregate(updates, weights, targets, server.method_options)
+
+    client_ranks = dict(state.client_ranks)
+    for reply in accepted:
+        class_ranks = server.class_ranks(state.client_class[reply.client_id])
+        pruned = {n: r for n, r in reply.ranks.items() if r < class_ranks[n]}
+        if pruned:
+            client_ranks[reply.client_id] = pruned
+    if result.merge_into_base:
+        new_state = replace(
+            state,
+            round=state.round + 1,
+            merged=[*state.merged, result.global_update],
+            global_update=None,
+            class_factors=None,
+            client_ranks=client_ranks,
+        )
+    else:
+        generator = torch.Generator().manual_seed(server.seed("revive", state.round + 1))
+        new_state = replace(
+            state,
+            round=state.round + 1,
+            global_update=result.global_update,
+            class_factors={
+                str(key): revive_dead_components(factors, generator)
+                for key, factors in (result.client_factors or {}).items()
+            },
+            client_ranks=client_ranks,
+        )
+    record: dict[str, Any] = {
+        "round": new_state.round,
+        "clients": [t.client_id for t in tasks],
+        "ranks": {t.client_id: t.rank_class for t in tasks},
+        "train_loss": float(np.average([r.loss for r in accepted], weights=weights)),
+        "train_tokens": sum(r.tokens for r in accepted),
+        "train_seconds": sum(r.seconds for r in accepted),
+        "clients_failed": failed,
+        "aggregation": result.diagnostics,
+    }
+    return new_state, result, record
+
+
+def revive_dead_components(
+    factors: Mapping[str, LoraFactors], generator: torch.Generator
+) -> dict[str, LoraFactors]:
+    """Give zero-padded components (B column and A row both zero) a fresh random A row.
+
+    A component with B[:, i] = 0 and A[i] = 0 gets zero gradient in both and could never
+    train; these appear when a class's rank exceeds what the aggregate holds (rank(dW) or
+    min(out, in)). A random A row with B still zero leaves the update B @ A unchanged.
+    """
+    out = {}
+    for name in sorted(factors):  # sorted: the draw order must not depend on dict order
+        f = factors[name]
+        dead = (f.B.abs().sum(dim=0) == 0) & (f.A.abs().sum(dim=1) == 0)  # (r,)
+        if not bool(dead.any()):
+            out[name] = f
+            continue
+        A = f.A.clone()
+        bound = 1.0 / float(A.shape[1]) ** 0.5  # PEFT's kaiming-uniform bound for A
+        fresh = (torch.rand(int(dead.sum()), A.shape[1], generator=generator) * 2 - 1) * bound
+        A[dead] = fresh.to(A.dtype)
+        out[name] = LoraFactors(B=f.B, A=A, scaling=f.scaling)
+    return out
+
+
+def total_update(
+    state: ServerState, shapes: Mapping[str, tuple[int, int]]
+) -> dict[str, GlobalUpdate]:
+    """W - W0 of the global model: merged rounds (FLoRA) stacked with the current dW."""
+    parts = [*state.merged, *([state.global_update] if state.global_update else [])]
+    if not parts:
+        return {
+            n: GlobalUpdate(B=torch.zeros(o, 1), A=torch.zeros(1, i))
+            for n, (o, i) in shapes.items()
+        }
+    if len(parts) == 1:
+        return parts[0]
+    # Stacking factors is exact: Σ_t B_t A_t = [B_1 … B_T] @ [A_1; …; A_T].
+    return {
+        n: GlobalUpdate(
+            B=torch.cat([p[n].B.float() for p in parts], dim=1),  # (out, ΣR_t)
+            A=torch.cat([p[n].A.float() for p in parts], dim=0),  # (ΣR_t, in)
+        )
+        for n in shapes
+    }
