@@ -337,6 +337,103 @@ def test_method_without_client_factors_writes_global_only(world: World) -> None:
     assert_logits_match(peft_logits(world.base_dir, out / "global"), expected, base)
 
 
+def threshold_rank(dW: torch.Tensor, energy: float) -> int:
+    """The smallest r whose leading singular values hold `energy` of ‖dW‖², by a plain loop."""
+    squares = [float(s) ** 2 for s in torch.linalg.svdvals(dW)]
+    running = 0.0
+    for r, sq in enumerate(squares, start=1):
+        running += sq
+        if running >= energy * sum(squares):
+            return r
+    raise AssertionError("threshold never reached")
+
+
+def test_florist_truncates_the_global_model_at_the_threshold_rank(world: World) -> None:
+    # Prepare
+    out = world.root / "out-florist"
+    dW = reference_update(world, [1, 2, 3])
+    r_star = {m: threshold_rank(d, 0.8) for m, d in dW.items()}
+    assert any(1 < r < 8 for r in r_star.values())  # the threshold cuts somewhere real
+    base = patched_logits(world.base_dir, {})
+    argv = ["--weights", "1,2,3", "--dtype", "float64", "--method", "florist"]
+
+    # Execute
+    assert run([*map(str, world.adapters), "--out", str(out), *argv, "--option", "energy=0.8"]) == 0
+
+    # Assert: global/ is T_{r*}(dW), each client the truncation at min(its rank, r*).
+    expected = patched_logits(world.base_dir, {m: truncate(d, r_star[m]) for m, d in dW.items()})
+    assert_logits_match(peft_logits(world.base_dir, out / "global"), expected, base)
+    for i, spec in enumerate(SPECS):
+        ranks = {m: spec.rank_of(m) if spec.rank_of else spec.r for m in dW}
+        kept = {m: min(ranks[m], r_star[m]) for m in dW}
+        expected = patched_logits(world.base_dir, {m: truncate(d, kept[m]) for m, d in dW.items()})
+        assert_logits_match(peft_logits(world.base_dir, out / f"client-{i}"), expected, base)
+        written = raw_factors(out / f"client-{i}")
+        assert {m: B.shape[1] for m, (B, _) in written.items()} == ranks
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["options"] == {"dtype": "float64", "energy": 0.8}
+    assert summary["diagnostics"]["global_rank"] == r_star
+    for module, d in dW.items():
+        assert summary["diagnostics"]["global_discarded_energy"][module] == pytest.approx(
+            discarded(d, r_star[module]), abs=1e-9
+        )
+
+
+EQUAL_SPECS = [
+    Spec(r=4, alpha=8),
+    Spec(r=4, alpha=16, rslora=True),
+    Spec(
+        r=4,
+        alpha=4,
+        alpha_pattern={"down_proj": 12},
+        alpha_of=lambda m: 12 if m.endswith("down_proj") else 4,
+    ),
+]
+
+
+def test_fedex_global_is_exact_and_clients_are_the_averages(world: World) -> None:
+    # Prepare: one rank, three different scalings
+    folders = []
+    for i, spec in enumerate(EQUAL_SPECS):
+        make_adapter(world.base_dir, spec, world.root / f"equal-{i}", seed=300 + i)
+        folders.append(world.root / f"equal-{i}")
+    out = world.root / "out-fedex"
+    p = [1 / 6, 2 / 6, 3 / 6]
+    inputs = [raw_factors(folder) for folder in folders]
+    dW, averaged = {}, {}
+    for module in inputs[0]:
+        scaled = [EQUAL_SPECS[k].scaling(module) for k in range(3)]
+        dW[module] = sum(
+            p[k] * scaled[k] * (f[module][0] @ f[module][1]) for k, f in enumerate(inputs)
+        )
+        B_avg = sum(p[k] * scaled[k] * f[module][0] for k, f in enumerate(inputs))
+        A_avg = sum(p[k] * f[module][1] for k, f in enumerate(inputs))
+        averaged[module] = B_avg @ A_avg  # (out, 4) @ (4, in) -> (out, in)
+    base = patched_logits(world.base_dir, {})
+
+    # Execute
+    argv = ["--weights", "1,2,3", "--dtype", "float64", "--method", "fedex"]
+    assert run([*map(str, folders), "--out", str(out), *argv]) == 0
+
+    # Assert: global/ carries dW exactly, residual included.
+    expected = patched_logits(world.base_dir, dW)
+    assert_logits_match(peft_logits(world.base_dir, out / "global"), expected, base)
+    # A client adapter alone, on the original base, is W0 + B̄Ā: the residual lives in the
+    # base, which an adapter folder cannot carry; summary.json says so.
+    averaged_logits = patched_logits(world.base_dir, averaged)
+    assert (averaged_logits - expected).abs().max() > 1e-3  # the residual matters here
+    for i in range(3):
+        assert_logits_match(peft_logits(world.base_dir, out / f"client-{i}"), averaged_logits, base)
+    summary = json.loads((out / "summary.json").read_text())
+    diagnostics = summary["diagnostics"]
+    assert "base_update" in diagnostics["note"] and "W0 + mean(sB)·mean(A)" in diagnostics["note"]
+    for module, d in dW.items():
+        residual = float(
+            torch.linalg.matrix_norm(d - averaged[module]) / torch.linalg.matrix_norm(d)
+        )
+        assert diagnostics["residual_relative_norm"][module] == pytest.approx(residual, rel=1e-6)
+
+
 # --- bad input: one stderr line naming the culprit, exit 2, no OUT ----------------------
 
 
@@ -423,6 +520,9 @@ def test_adapter_of_another_model_size(
         (["--option", "no_such_option=1"], ["flexlora", "no_such_option"]),
         (["--method", "fedit", "--svd", "exact"], ["--svd", "fedit"]),
         (["--method", "fedit"], ["fedit", "adapter-2"]),  # mixed ranks: the method's error
+        (["--method", "fedex"], ["fedex", "flexlora or zeropad", "adapter-2"]),
+        (["--method", "florist", "--option", "energy=1.5"], ["florist", "energy", "(0, 1]"]),
+        (["--method", "florist", "--svd", "exact"], ["--svd", "florist"]),
     ],
 )
 def test_bad_arguments(
