@@ -61,8 +61,10 @@ class AggregationResult:
         this round, before the recipients continue from `client_factors` (FedEx-LoRA's
         residual dW − B̄Ā); None for methods without one. It is part of `global_update`,
         not added to it: the global model is base + global_update, which equals
-        (base + base_update) + a recipient's scaling · B @ A. An engine or writer that
-        drops it leaves every recipient short of the global model by base_update.
+        (base + base_update) + a recipient's scaling · B @ A. So once it is folded, the
+        global model's update on top of the new base is global_update − base_update
+        (fedex: B̄Ā, any recipient's scaling · B @ A), not global_update again. An engine
+        or writer that drops it leaves every recipient short of the global model by it.
     """
 
     client_factors: dict[Hashable, dict[str, LoraFactors]] | None

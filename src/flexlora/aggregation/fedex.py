@@ -30,7 +30,9 @@ recipient's model (base with the residual, plus its factors) carries all of dW.
 The `flexlora aggregate` command writes the global update (dW, residual included) to
 global/ and each client's B̄ / s_j, Ā to client-<i>/; a client adapter alone, loaded on
 the original base, gives W0 + B̄Ā (fedit's inexact average), because an adapter folder
-cannot carry a change of base weights. diagnostics["note"] says so in summary.json.
+cannot carry a change of base weights. diagnostics["note"] says so in summary.json. An
+engine must fold `base_update` into its base weights and then take B̄Ā (not dW again) as
+the global model's update on top of that base; see `AggregationResult.base_update`.
 """
 
 from __future__ import annotations
