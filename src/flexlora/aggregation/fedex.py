@@ -18,8 +18,9 @@ every client must add to its copy of the base weights each round, a full-size tr
 per module per round that costs what sending dW itself costs. flexlora represents it
 exactly as stacked factors, B = [p_1 s_1 B_1, …, p_K s_K B_K] (out, R) and
 A = [A_1 − Ā; …; A_K − Ā] (R, in), of rank ≤ R (not R + r: the columns of B̄ already lie
-in the span of the stacked B), which is smaller than out × in only while
-R (out + in) < out · in, i.e. for few clients per round.
+in the span of the stacked B). That is R (out + in) numbers against out · in, smaller
+while R = K r < out · in / (out + in) (2048 for a 4096 × 4096 layer); in a real
+deployment every client would still have to receive it each round.
 
 Mixed ranks are an error: averaging factors of different shapes has no meaning (use
 flexlora or zeropad). Diagnostics: diagnostics["residual_relative_norm"][module] =
