@@ -5,15 +5,19 @@ A (R, in). Three ways to get its leading singular triplets:
 
 - factored (exact, R < min(out, in)): QR both factors and take the SVD of the R × R
   core. Costs O((out + in)·R²) and never forms the out × in matrix.
-- dense exact: form dW with one GEMM and run a full `torch.linalg.svd`.
+- dense exact (R >= min(out, in)): form dW with one GEMM, then the float64 Gram matrix
+  of its smaller side (n × n, n = min(out, in)) and its symmetric eigendecomposition;
+  the top k eigenvectors are one side's singular vectors, and one more GEMM gives the
+  other side (`gram_topk_svd`). About 2·n²·max(out, in) + 9n³ flops, no out × in SVD.
 - dense fast: form dW and run a randomised subspace iteration for the top k triplets
   (Halko, Martinsson & Tropp 2011, algorithm 4.4): a Gaussian sketch of k + oversample
   columns, `power_iters` re-orthonormalised power iterations, then an exact SVD of the
-  small projected matrix. Its error falls as (σ_{k+p+1} / σ_k)^(2q+1); measure it on
-  your spectra (benchmarks/aggregation.py reports it).
+  small projected matrix. Its error falls as (σ_{k+p+1} / σ_k)^(2q+1) and can be large
+  on flat spectra; `triplet_residual` and the captured energy measure it.
 
-Every function works on whatever device the tensors are on and in their dtype (the
-caller picks float32 or float64). Singular values come in descending order.
+Every function works on whatever device the tensors are on and returns the dtype it was
+given (the caller picks float32 or float64; the Gram path computes in float64 inside).
+Singular values come in descending order.
 """
 
 from __future__ import annotations
@@ -31,11 +35,6 @@ logger = logging.getLogger(__name__)
 
 SvdMode = Literal["auto", "exact", "fast"]
 SvdPath = Literal["factored", "dense_exact", "dense_fast"]
-
-# The fast path pays (2·power_iters + 2) GEMMs with a sketch of k + oversample columns;
-# a full SVD costs roughly a handful of GEMMs with min(out, in) columns. Below this
-# fraction of min(out, in) the sketch wins comfortably, so "auto" picks it.
-AUTO_FAST_MAX_FRACTION = 0.25
 
 DEFAULT_OVERSAMPLE = 16
 DEFAULT_POWER_ITERS = 4
@@ -97,10 +96,10 @@ def dense_topk_svd(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The top min(k, out, in) singular triplets of a dense M (out, in).
 
-    mode "exact" runs a full SVD and slices; "fast" runs randomised subspace iteration
-    with a sketch of k + oversample columns drawn from `generator` (a fixed seed 0 on
-    M's device when None), falling back to exact when that sketch would not be smaller
-    than min(out, in). Returns U (out, k'), S (k',), Vh (k', in).
+    mode "exact" runs `gram_topk_svd` (exact, no full SVD); "fast" runs randomised
+    subspace iteration with a sketch of k + oversample columns drawn from `generator` (a
+    fixed seed 0 on M's device when None), falling back to exact when that sketch would
+    not be smaller than min(out, in). Returns U (out, k'), S (k',), Vh (k', in).
     """
     if M.ndim != 2:
         raise FlexLoraError(f"dense_topk_svd needs a 2-D matrix, got shape {tuple(M.shape)}")
@@ -114,11 +113,68 @@ def dense_topk_svd(
     k = min(k, n_min)
     sketch = k + oversample
     if mode == "exact" or sketch >= n_min:
-        U, S, Vh = torch.linalg.svd(M, full_matrices=False)  # (out, n), (n,), (n, in)
-        return U[:, :k], S[:k], Vh[:k]
+        return gram_topk_svd(M, k)
     if mode != "fast":
         raise FlexLoraError(f"unknown SVD mode {mode!r}; expected 'exact' or 'fast'")
     return _randomized_svd(M, k, sketch, power_iters, generator)
+
+
+def gram_topk_svd(M: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Exact top-k singular triplets of a dense M (out, in) without an out × in SVD.
+
+    With n = min(out, in), take the Gram matrix of the smaller side, G = M Mᵀ = U Σ² Uᵀ
+    (out <= in) or G = Mᵀ M = V Σ² Vᵀ, in float64, and its eigendecomposition. The top-k
+    eigenvectors X (n, k) are one side's singular vectors; the other side is
+    W = Mᵀ X = V_k Σ_k (or M X = U_k Σ_k), so σ_i = ‖W_i‖ and V_k = W / σ. Then
+    U_k Σ_k V_kᵀ = X Xᵀ M exactly: the truncation is M projected on span(X), whatever σ.
+
+    Precision (why float64): the Gram squares the condition number. Its eigenvalues
+    carry an absolute error of about n · eps · σ_1², so eigenvectors i and i+1 mix by an
+    angle of about n · eps · σ_1² / (σ_i² − σ_{i+1}²), which moves the truncation by
+    σ_i times that angle: with a relative gap g = 1 − σ_{i+1}/σ_i, about
+    n · eps · σ_1² / (2 g σ_i). For n = 2048, g = 1 %, σ_i = 1e-3 σ_1 that is ~6 σ_1 in
+    float32 (eps 6e-8: nothing left for rank-200 recipients) and 1e-8 σ_1 in float64
+    (eps 1.1e-16), so the Gram and its eigh run in float64 and no refinement step is
+    needed. Components with σ_i below ~1e-7 σ_1 are not resolved, but whatever
+    direction X_i takes, X_i (Mᵀ X_i)ᵀ is an exact projection, off from the true
+    component by at most 2σ_i ≤ 2e-7 σ_1: below 1e-5 of the truncation's norm (≥ σ_1)
+    while fewer than 2,500 of them. σ_i = ‖W_i‖ rather than √λ_i, which is accurate to
+    about eps·σ_1 rather than eps·σ_1²/σ_i.
+    A zero σ_i (W_i = 0) gets a zero singular vector: its component is zero anyway.
+
+    Returns U (out, k'), S (k',), Vh (k', in) in M's dtype, k' = min(k, out, in).
+    """
+    if M.ndim != 2:
+        raise FlexLoraError(f"gram_topk_svd needs a 2-D matrix, got shape {tuple(M.shape)}")
+    out, inn = int(M.shape[0]), int(M.shape[1])
+    k = min(k, out, inn)
+    M64 = M.to(torch.float64)
+    wide = out <= inn
+    # wide: (out, in) @ (in, out) -> (out, out) = U Σ² Uᵀ; tall: (in, out) @ (out, in) -> V Σ² Vᵀ
+    G = M64 @ M64.mT if wide else M64.mT @ M64
+    X = torch.linalg.eigh(G)[1][:, -k:].flip(-1)  # (n, k): eigenvalues ascend, so reverse
+    # wide: (in, out) @ (out, k) -> (in, k) = V_k Σ_k; tall: (out, in) @ (in, k) -> U_k Σ_k
+    W = M64.mT @ X if wide else M64 @ X
+    S = torch.linalg.vector_norm(W, dim=0)  # (k,)
+    # Rounding can swap nearly equal σ_i; sort so that S descends as promised.
+    S, order = torch.sort(S, descending=True, stable=True)
+    X, W = X[:, order], W[:, order]
+    other = W / torch.where(S > 0, S, torch.ones_like(S))  # (·, k) / (k,): unit or zero columns
+    U, V = (X, other) if wide else (other, X)
+    return U.to(M.dtype), S.to(M.dtype), V.mT.to(M.dtype)
+
+
+def triplet_residual(M: Tensor, U: Tensor, S: Tensor, Vh: Tensor) -> float:
+    """‖M V − U Σ‖_F / ‖Σ‖_F: how far (U, S, Vh) is from being M's singular triplets.
+
+    Zero for exact triplets; for a randomised SVD it measures what the subspace missed
+    (each residual column is the part of M v_i outside span(U)). 0.0 when S is all zero.
+    """
+    norm = float(torch.linalg.vector_norm(S, dtype=torch.float64))
+    if norm == 0.0:
+        return 0.0
+    residual = M @ Vh.mT - U * S  # (out, in) @ (in, k) - (out, k) · (k,) -> (out, k)
+    return float(torch.linalg.vector_norm(residual, dtype=torch.float64)) / norm
 
 
 def _randomized_svd(
@@ -148,9 +204,9 @@ def choose_svd_path(
     """Which algorithm `truncated_svd_of_product` runs for a product of this size.
 
     factored whenever R < min(out, in) (exact and cheapest, whatever the mode);
-    otherwise dense_exact for mode "exact", dense_fast for mode "fast" (if the sketch
-    k + oversample is smaller than min(out, in)), and for "auto" dense_fast only when
-    the sketch is at most AUTO_FAST_MAX_FRACTION of min(out, in).
+    otherwise dense_fast for mode "fast" when the sketch k + oversample is smaller than
+    min(out, in), and dense_exact (`gram_topk_svd`) for "auto", "exact" and a sketch too
+    large to save anything. Only an explicit "fast" is ever approximate.
     """
     if mode not in ("auto", "exact", "fast"):
         raise FlexLoraError(f"unknown SVD mode {mode!r}; expected 'auto', 'exact' or 'fast'")
@@ -159,8 +215,6 @@ def choose_svd_path(
         return "factored"
     sketch = min(k, n_min) + oversample
     if mode == "fast" and sketch < n_min:
-        return "dense_fast"
-    if mode == "auto" and sketch <= AUTO_FAST_MAX_FRACTION * n_min:
         return "dense_fast"
     return "dense_exact"
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 import pytest
 import torch
@@ -188,7 +188,7 @@ def test_zero_update_gives_zero_energy_and_zero_factors() -> None:
     zero = {m: LoraFactors(torch.zeros_like(f.B), f.A, f.scaling) for m, f in client.items()}
     result = flexlora([zero], [1.0], targets_for([(3, 8.0, False)]), {"dtype": "float64"})
     assert result.diagnostics["discarded_energy"]["q"]["0"] == 0.0
-    assert result.diagnostics["global_rank"]["q"] == 1  # one zero component keeps shapes valid
+    assert result.diagnostics["global_rank"]["q"] == 3  # all R components are kept, zero here
     assert float(result.global_update["q"].B.abs().max()) == 0.0
     assert float(result.client_factors[0]["q"].B.abs().max()) == 0.0  # type: ignore[index]
 
@@ -196,7 +196,7 @@ def test_zero_update_gives_zero_energy_and_zero_factors() -> None:
 @pytest.mark.parametrize("svd", ["exact", "fast", "auto"])
 def test_dense_path_matches_reference(svd: str) -> None:
     # Prepare: 60 × 50 with R = 30 + 25 + 20 = 75 >= 50, so dW is formed; the fast
-    # sketch r_max + oversample = 4 + 10 = 14 fits below 50 but not below 50/4 ("auto")
+    # sketch r_max + oversample = 4 + 10 = 14 fits below 50; "auto" is exact
     specs = [(30, 16.0, False), (25, 8.0, True), (20, 4.0, False)]
     clients = make_clients(specs, seed=5, shape=(60, 50))
     targets = {
@@ -282,3 +282,145 @@ def test_targets_may_be_rank_classes() -> None:
     assert set(result.client_factors) == {"small", "large"}  # type: ignore[arg-type]
     assert result.client_factors["large"]["v"].B.shape == (OUT, 8)  # type: ignore[index]
     assert set(result.diagnostics["discarded_energy"]["v"]) == {"small", "large"}
+
+
+def clients_with_spectrum(
+    sigma: torch.Tensor, shape: tuple[int, int], ranks: Sequence[int], seed: int
+) -> tuple[list[dict[str, LoraFactors]], list[float], torch.Tensor]:
+    """Clients whose aggregate dW (float64) has exactly the singular values `sigma`.
+
+    dW = U diag(σ) Vᵀ is cut into consecutive blocks of components, one block per
+    client, each hidden behind a random invertible mixing M_k (B_k = U_k Σ_k M_k / c_k,
+    A_k = M_k⁻¹ V_kᵀ) and divided by c_k = p_k s_k so that Σ p_k s_k B_k A_k = dW. A
+    client whose block runs past len(σ) carries zero components; R = Σ ranks.
+    """
+    g = torch.Generator().manual_seed(seed)
+    n = int(sigma.shape[0])
+    U = torch.linalg.qr(torch.randn(shape[0], n, generator=g, dtype=torch.float64))[0]
+    V = torch.linalg.qr(torch.randn(shape[1], n, generator=g, dtype=torch.float64))[0]
+    weights = [float(w) for w in range(1, len(ranks) + 1)]
+    total = sum(weights)
+    clients, start = [], 0
+    for rank, weight in zip(ranks, weights, strict=True):
+        Uk = torch.zeros(shape[0], rank, dtype=torch.float64)
+        Vk = torch.zeros(shape[1], rank, dtype=torch.float64)
+        Sk = torch.zeros(rank, dtype=torch.float64)
+        live = max(0, min(rank, n - start))
+        block = torch.arange(start, start + live)
+        Uk[:, :live], Vk[:, :live], Sk[:live] = U[:, block], V[:, block], sigma[block]
+        start += rank
+        mix = torch.eye(rank, dtype=torch.float64) + 0.3 * torch.randn(
+            rank, rank, generator=g, dtype=torch.float64
+        )
+        scaling = lora_scaling(16.0, rank)
+        c = weight / total * scaling
+        B = (Uk * Sk) @ mix / c  # (out, r) @ (r, r) -> (out, r)
+        A = torch.linalg.solve(mix, Vk.T)  # (r, r)⁻¹ (r, in) -> (r, in)
+        clients.append({m: LoraFactors(B, A, scaling) for m in MODULES})
+    dW = (U * sigma) @ V.T  # (out, n) · (n,) @ (n, in) -> (out, in)
+    return clients, weights, dW
+
+
+def relative_to(f: LoraFactors, exact: torch.Tensor) -> float:
+    return float(torch.linalg.matrix_norm(effective(f) - exact) / torch.linalg.matrix_norm(exact))
+
+
+def rank_targets(ranks: Sequence[int]) -> dict[Hashable, TargetSpec]:
+    return {
+        f"r{r}": TargetSpec({m: r for m in MODULES}, {m: lora_scaling(16.0, r) for m in MODULES})
+        for r in ranks
+    }
+
+
+# σ_i = 0.85^i: 15 % gaps, down to 6e-5 at i = 60 (σ_45² ≈ 4e-7 σ_1², below float32's
+# resolution of a Gram matrix, so recipients of rank 45 need the float64 Gram).
+GAPPED = 0.85 ** torch.arange(60, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("svd", ["auto", "exact"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(60, 80), (90, 60)])
+def test_exact_modes_are_within_1e_5_of_the_float64_truncation_when_R_is_large(
+    svd: str, dtype: str, shape: tuple[int, int]
+) -> None:
+    # Prepare: R = 30 + 20 + 20 = 70 >= min(out, in) = 60, so dW is formed
+    clients, weights, dW = clients_with_spectrum(GAPPED, shape, [30, 20, 20], seed=30)
+    targets = rank_targets([1, 8, 30, 45, 60])
+    # Execute
+    result = flexlora(clients, weights, targets, {"svd": svd, "dtype": dtype})
+    # Assert
+    tolerance = 1e-5 if dtype == "float32" else 1e-10
+    for module in MODULES:
+        assert result.diagnostics["svd_mode"][module] == "dense_exact"
+        assert module not in result.diagnostics["svd_residual"]  # only the fast path has one
+        for key, spec in targets.items():
+            f = result.client_factors[key][module]  # type: ignore[index]
+            assert relative_to(f, truncate(dW, spec.ranks[module])) < tolerance, key
+        assert result.diagnostics["svd_captured_energy"][module] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_exact_mode_with_a_tie_at_the_cut_discards_the_optimal_energy() -> None:
+    # Prepare: σ_10 = σ_11 (a tie at the rank-11 cut), R = 40 >= min = 30
+    sigma = 0.8 ** torch.arange(30, dtype=torch.float64)
+    sigma[10] = sigma[11] = sigma[10]
+    clients, weights, dW = clients_with_spectrum(sigma, (40, 30), [20, 20], seed=31)
+    targets = rank_targets([11])
+    # Execute
+    result = flexlora(clients, weights, targets, {"svd": "exact", "dtype": "float64"})
+    # Assert: which of the tied pair is kept is arbitrary; the error is Eckart–Young's
+    f = result.client_factors["r11"]["q"]  # type: ignore[index]
+    optimum = float(sigma[11:].square().sum())
+    error = float(torch.linalg.matrix_norm(dW - effective(f)) ** 2)
+    assert error == pytest.approx(optimum, rel=1e-9)
+    discarded = result.diagnostics["discarded_energy"]["q"]["r11"]
+    assert discarded == pytest.approx(optimum / float(sigma.square().sum()), rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("ranks", "path"), [((10, 10), "factored"), ((30, 30), "dense_exact"), ((30, 30), "fast")]
+)
+def test_global_update_keeps_tiny_singular_values(ranks: tuple[int, int], path: str) -> None:
+    # Prepare: float32 compute; dW has five singular values at 3e-6 σ_1, below the old
+    # cut max(out, in) · eps · σ_1 (6e-5 · 1.2e-7 ≈ 7e-6) but real in float64
+    sigma = torch.cat([0.7 ** torch.arange(12.0), torch.full((5,), 3e-6)]).double()
+    clients, weights, dW = clients_with_spectrum(sigma, (60, 50), list(ranks), seed=32)
+    svd = "fast" if path == "fast" else "exact"
+    # Execute
+    result = flexlora(clients, weights, rank_targets([4]), {"svd": svd, "oversample": 4})
+    # Assert: the tiny components survive in the global update (each u_iᵀ G v_i = 3e-6)
+    U, _, Vh = torch.linalg.svd(dW, full_matrices=False)
+    g = result.global_update["q"]
+    G = g.B.double() @ g.A.double()  # (out, g) @ (g, in) -> (out, in)
+    tiny = torch.einsum("oi,oi->i", U[:, 12:17], G @ Vh[12:17].T)  # u_iᵀ G v_i
+    torch.testing.assert_close(tiny, torch.full((5,), 3e-6, dtype=torch.float64), rtol=0.05, atol=0)
+    assert relative_to(LoraFactors(g.B, g.A, 1.0), dW) < 1e-6
+    expected_path = "dense_fast" if path == "fast" else path
+    assert result.diagnostics["svd_mode"]["q"] == expected_path
+
+
+def test_fast_mode_reports_its_captured_energy_and_residual() -> None:
+    # Prepare: a slowly decaying spectrum (2 % gaps): a 20 + 4 column sketch without power
+    # iterations misses much of the top 20; R = 120 + 100 >= min(out, in) = 150
+    sigma = 0.98 ** torch.arange(150, dtype=torch.float64)
+    clients, weights, dW = clients_with_spectrum(sigma, (200, 150), [120, 100], seed=33)
+    targets = rank_targets([5, 20])
+    fast_options = {"svd": "fast", "dtype": "float64", "oversample": 4, "power_iters": 0}
+    # Execute
+    fast = flexlora(clients, weights, targets, fast_options)
+    exact = flexlora(clients, weights, targets, {"svd": "exact", "dtype": "float64"})
+    # Assert: the exact captured energy is the optimum Σ_{i<20} σ_i² / ‖dW‖²
+    optimum = float(sigma[:20].square().sum() / sigma.square().sum())
+    assert exact.diagnostics["svd_captured_energy"]["q"] == pytest.approx(optimum, rel=1e-10)
+    # the fast one is what its rank-20 recipient holds, and visibly short of the optimum
+    f = fast.client_factors["r20"]["q"]  # type: ignore[index]
+    held = float(torch.linalg.matrix_norm(effective(f)) ** 2 / torch.linalg.matrix_norm(dW) ** 2)
+    captured = fast.diagnostics["svd_captured_energy"]["q"]
+    assert captured == pytest.approx(held, rel=1e-8)
+    assert captured < optimum - 0.01
+    # its residual ‖dW V − U Σ‖_F / ‖Σ‖_F, recomputed from the recipient (B = U Σ / s, A = Vᵀ)
+    residual = torch.linalg.matrix_norm(dW @ f.A.T - f.scaling * f.B) / math.sqrt(
+        float(torch.linalg.matrix_norm(effective(f)) ** 2)
+    )
+    assert fast.diagnostics["svd_residual"]["q"] == pytest.approx(float(residual), rel=1e-8)
+    assert fast.diagnostics["svd_residual"]["q"] > 0.05
+    assert fast.diagnostics["svd_mode"]["q"] == "dense_fast"

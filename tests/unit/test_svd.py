@@ -11,7 +11,9 @@ from flexlora.svd import (
     dense_topk_svd,
     factored_singular_values,
     factored_svd,
+    gram_topk_svd,
     numerical_rank,
+    triplet_residual,
     truncated_svd_of_product,
 )
 
@@ -31,6 +33,19 @@ def _decaying(out: int, inn: int, seed: int, ratio: float = 0.7) -> torch.Tensor
     V = torch.linalg.qr(torch.randn(inn, n, generator=g, dtype=torch.float64))[0]
     S = ratio ** torch.arange(n, dtype=torch.float64)
     return (U * S) @ V.T
+
+
+def _with_spectrum(out: int, inn: int, sigma: torch.Tensor, seed: int) -> torch.Tensor:
+    """A dense (out, in) float64 matrix with the given singular values (random vectors)."""
+    g = torch.Generator().manual_seed(seed)
+    n = int(sigma.shape[0])
+    U = torch.linalg.qr(torch.randn(out, n, generator=g, dtype=torch.float64))[0]
+    V = torch.linalg.qr(torch.randn(inn, n, generator=g, dtype=torch.float64))[0]
+    return (U * sigma) @ V.T  # (out, n) · (n,) @ (n, in) -> (out, in)
+
+
+def _relative(got: torch.Tensor, exact: torch.Tensor) -> float:
+    return float(torch.linalg.matrix_norm(got.double() - exact) / torch.linalg.matrix_norm(exact))
 
 
 def _truncation(M: torch.Tensor, r: int) -> torch.Tensor:
@@ -128,12 +143,13 @@ def test_dense_topk_clips_k_to_shape() -> None:
         ((4096, 4096), 304, 64, "auto", "factored"),
         ((4096, 4096), 304, 64, "exact", "factored"),
         ((4096, 4096), 304, 64, "fast", "factored"),
-        ((5504, 2048), 3000, 200, "auto", "dense_fast"),
+        ((5504, 2048), 3000, 200, "auto", "dense_exact"),  # auto is always exact
         ((5504, 2048), 3000, 200, "exact", "dense_exact"),
         ((5504, 2048), 3000, 200, "fast", "dense_fast"),
-        ((24, 20), 24, 5, "auto", "dense_exact"),  # sketch 21 > 20/4
+        ((24, 20), 24, 5, "auto", "dense_exact"),
         ((24, 20), 24, 5, "fast", "dense_exact"),  # sketch 21 >= 20
         ((240, 200), 240, 5, "fast", "dense_fast"),
+        ((240, 200), 240, 5, "auto", "dense_exact"),
     ],
 )
 def test_choose_svd_path(
@@ -190,3 +206,96 @@ def test_bad_inputs_raise() -> None:
         truncated_svd_of_product(B, A, 2, mode="slow")  # type: ignore[arg-type]
     with pytest.raises(FlexLoraError, match="2-D"):
         dense_topk_svd(torch.zeros(3), 1, "exact")
+
+
+# A spectrum from 1 down to 1e-5 with 15 % gaps between neighbours (σ_i = 0.85^i): the
+# small singular values that rank-40+ recipients keep have σ² below float32's resolution
+# of the Gram (σ_45² ≈ 4e-7 σ_1², float32 eps · n ≈ 3e-6), so only a float64 Gram works.
+GAPPED = 0.85 ** torch.arange(60, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("shape", [(60, 80), (90, 60)])
+@pytest.mark.parametrize("k", [1, 8, 30, 45, 60])
+def test_gram_topk_matches_float64_truncation(shape: tuple[int, int], k: int) -> None:
+    # Prepare: wide (Gram M Mᵀ) and tall (Gram Mᵀ M) matrices with a gapped spectrum
+    M = _with_spectrum(*shape, GAPPED, seed=20)
+    # Execute: from float64 and from float32 input (the aggregation's default dtype)
+    U, S, Vh = gram_topk_svd(M, k)
+    U32, S32, Vh32 = gram_topk_svd(M.float(), k)
+    # Assert
+    exact = _truncation(M, k)
+    assert U.shape == (shape[0], k) and S.shape == (k,) and Vh.shape == (k, shape[1])
+    assert _relative((U * S) @ Vh, exact) < 1e-10
+    torch.testing.assert_close(S, GAPPED[:k], rtol=1e-9, atol=0)
+    # The eigenvector side is orthonormal to rounding; the other side (W / σ) to about
+    # eps · σ_1 / σ_k (σ_60 ≈ 7e-5 here), which the product does not depend on.
+    eye = torch.eye(k, dtype=torch.float64)
+    gram_side, other_side = (U.T @ U, Vh @ Vh.T) if shape[0] <= shape[1] else (Vh @ Vh.T, U.T @ U)
+    torch.testing.assert_close(gram_side, eye, rtol=0, atol=1e-12)
+    torch.testing.assert_close(other_side, eye, rtol=0, atol=1e-7)
+    assert S32.dtype == torch.float32
+    assert _relative((U32 * S32) @ Vh32, exact) < 1e-5
+
+
+def test_float32_gram_would_not_be_accurate_enough() -> None:
+    # The reason gram_topk_svd works in float64: the same recipe in float32 misses the
+    # rank-45 truncation of GAPPED by far more than 1e-5 (this guards the test above).
+    M = _with_spectrum(60, 80, GAPPED, seed=20).float()
+    X = torch.linalg.eigh(M @ M.T)[1][:, -45:]  # float32 Gram and eigh
+    projected = X @ (X.T @ M)  # (60, 45) @ (45, 80): the truncation it would give
+    assert _relative(projected, _truncation(M.double(), 45)) > 1e-5
+
+
+def test_gram_topk_keeps_tiny_and_handles_zero_singular_values() -> None:
+    # Prepare: rank 5 with σ down to 1e-9, then exact zeros; ask for 12 triplets
+    sigma = torch.tensor([1.0, 0.5, 1e-3, 1e-6, 1e-9], dtype=torch.float64)
+    M = _with_spectrum(40, 30, sigma, seed=21)
+    # Execute
+    U, S, Vh = gram_topk_svd(M, 12)
+    # Assert: finite; σ down to 1e-6 resolved; the 1e-9 one is below the Gram's
+    # resolution (~n · eps · σ_1 ≈ 1e-8), so it may be lost, but by no more than itself
+    assert bool(torch.isfinite(U).all() and torch.isfinite(Vh).all())
+    torch.testing.assert_close(S[:4], sigma[:4], rtol=1e-8, atol=0)
+    assert float(torch.linalg.matrix_norm((U * S) @ Vh - M)) < 2e-9
+    assert float(S[4:].max()) < 2e-9
+
+
+def test_gram_topk_with_a_tie_at_the_cut_captures_the_optimal_energy() -> None:
+    # Prepare: σ_3 = σ_4 exactly, cut at k = 4: T_4 is not unique, its energy is
+    sigma = torch.tensor([4.0, 3.0, 2.0, 1.0, 1.0, 0.5, 0.25], dtype=torch.float64)
+    M = _with_spectrum(30, 24, sigma, seed=22)
+    # Execute
+    U, S, Vh = gram_topk_svd(M, 4)
+    approx = (U * S) @ Vh
+    # Assert: a rank-4 matrix whose error is Eckart–Young's optimum Σ_{i>4} σ_i²
+    optimum = float(sigma[4:].square().sum())
+    assert float(torch.linalg.matrix_norm(M - approx) ** 2) == pytest.approx(optimum, rel=1e-10)
+    assert float(S.square().sum()) == pytest.approx(float(sigma[:4].square().sum()), rel=1e-12)
+    assert int(torch.linalg.matrix_rank(approx)) == 4
+
+
+def test_dense_topk_exact_uses_no_full_svd(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: a full SVD of the out × in matrix would raise here
+    M = _decaying(50, 40, seed=23)
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("full SVD called")
+
+    monkeypatch.setattr(torch.linalg, "svd", forbidden)
+    # Execute
+    U, S, Vh = dense_topk_svd(M, 6, "exact")
+    # Assert
+    monkeypatch.undo()
+    assert _relative((U * S) @ Vh, _truncation(M, 6)) < 1e-10
+
+
+def test_triplet_residual_is_zero_for_exact_and_large_for_wrong_triplets() -> None:
+    M = _decaying(40, 30, seed=24, ratio=0.9)
+    U, S, Vh = torch.linalg.svd(M, full_matrices=False)
+    assert triplet_residual(M, U[:, :5], S[:5], Vh[:5]) < 1e-13
+    # The right vectors tilted by 0.1 towards the next five: residual ≈ 0.1 · σ_{i+5} / σ_i
+    tilted = Vh[:5] + 0.1 * Vh[5:10]  # (5, 30)
+    tilted = tilted / torch.linalg.vector_norm(tilted, dim=1, keepdim=True)
+    residual = triplet_residual(M, U[:, :5], S[:5], tilted)
+    assert 0.03 < residual < 0.15
+    assert triplet_residual(M, U[:, :2], torch.zeros(2, dtype=torch.float64), Vh[:2]) == 0.0

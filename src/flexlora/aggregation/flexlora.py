@@ -6,14 +6,17 @@ rank-r approximation of dW (Eckart–Young). The global update is dW itself.
 
 How the SVD is computed (see flexlora.svd): from the R × R QR core of the stacked
 factors when R = Σ r_k < min(out, in) (exact, never forms out × in); otherwise dW is
-formed with one GEMM and either fully decomposed (svd="exact") or its top r_max
-triplets found by randomised subspace iteration (svd="fast"; "auto" picks fast when
-r_max + oversample is at most a quarter of min(out, in)).
+formed with one GEMM and its top r_max triplets come from the float64 eigendecomposition
+of its min(out, in)-sided Gram matrix (svd="auto" or "exact": exact, no full SVD), or,
+only when asked with svd="fast", from a randomised subspace iteration whose error is
+reported in the diagnostics: `svd_captured_energy` (Σ_{i ≤ r_max} σ_i² / ‖dW‖_F², on
+every path; on the fast path it falls short of the exact paths' optimum by what the
+sketch missed) and `svd_residual` (‖dW V − U Σ‖_F / ‖Σ‖_F of the fast triplets, 0 for
+exact ones).
 
-The global update is exact on every path: U Σ and Vᵀ truncated to dW's numerical rank
-(singular values above max(out, in) · eps · σ_max) on the exact paths, the stacked
-factors themselves on the fast path. A recipient rank above what is available gets
-zero-padded components.
+The global update is exact on every path, tiny singular values included: all R
+components U Σ, Vᵀ of the factored SVD, or the stacked factors themselves when dW was
+formed. A recipient rank above what is available gets zero-padded components.
 """
 
 from __future__ import annotations
@@ -46,7 +49,8 @@ from flexlora.svd import (
     choose_svd_path,
     dense_topk_svd,
     factored_svd,
-    numerical_rank,
+    gram_topk_svd,
+    triplet_residual,
 )
 
 
@@ -55,7 +59,8 @@ class FlexLoraOptions(DtypeOptions):
     """Options of the flexlora method."""
 
     svd: SvdMode = "auto"
-    """How to decompose dW when R >= min(out, in): exact (full SVD), fast (randomised), auto."""
+    """How to decompose dW when R >= min(out, in): auto and exact (float64 Gram
+    eigendecomposition, exact), fast (randomised; its error goes to the diagnostics)."""
     split: Literal["sigma_to_b", "sqrt"] = "sigma_to_b"
     """sigma_to_b: B = U Σ / s, A = Vᵀ (the authors'); sqrt: B = U √Σ / s, A = √Σ Vᵀ."""
     oversample: int = DEFAULT_OVERSAMPLE
@@ -84,6 +89,7 @@ class _ModuleSvd:
     global_A: Tensor  # (g, in)
     global_singular_values: Tensor
     path: str
+    residual: float | None = None  # the fast path's ‖dW V − U Σ‖_F / ‖Σ‖_F
 
 
 def aggregate(
@@ -98,6 +104,8 @@ def aggregate(
     dtype = compute_dtype(opts.dtype)
     diagnostics = new_diagnostics("flexlora")
     diagnostics["svd_mode"] = {}
+    diagnostics["svd_captured_energy"] = {}
+    diagnostics["svd_residual"] = {}
     client_factors: dict[Hashable, dict[str, LoraFactors]] = {key: {} for key in targets}
     global_update: dict[str, GlobalUpdate] = {}
     for module in inputs.modules:
@@ -118,6 +126,9 @@ def aggregate(
         )
         diagnostics["global_rank"][module] = int(svd.global_A.shape[0])
         diagnostics["svd_mode"][module] = svd.path
+        diagnostics["svd_captured_energy"][module] = captured_energy(svd.S, svd.total_energy)
+        if svd.residual is not None:
+            diagnostics["svd_residual"][module] = svd.residual
     return AggregationResult(client_factors, global_update, False, diagnostics)
 
 
@@ -129,28 +140,35 @@ def _decompose(
     path = choose_svd_path(shape, int(Bc.shape[1]), r_max, opts.svd, opts.oversample)
     if path == "factored":
         U, S, Vh = factored_svd(Bc, Ac)  # (out, R), (R,), (R, in)
-        return _exact_result(U, S, Vh, shape, path)
+        total = float(S.double().square().sum())
+        # All R components, however small: U Σ Vᵀ = dW to rounding. (Dropping those below
+        # max(out, in)·eps·σ_1 changed dW by ~1e-4 relative on attention modules.)
+        global_B = U * S  # (out, R) · (R,) -> (out, R)
+        return _ModuleSvd(U[:, :r_max], S[:r_max], Vh[:r_max], total, global_B, Vh, S, path)
     dense = Bc @ Ac  # (out, R) @ (R, in) -> (out, in)
-    if path == "dense_exact":
-        U, S, Vh = torch.linalg.svd(dense, full_matrices=False)  # (out, n), (n,), (n, in)
-        return _exact_result(U, S, Vh, shape, path)
     total = float(torch.linalg.vector_norm(dense, dtype=torch.float64) ** 2)
+    # On both dense paths the global update is the stacked factors: exactly dW, for free.
+    if path == "dense_exact":
+        U, S, Vh = gram_topk_svd(dense, r_max)  # (out, k), (k,), (k, in)
+        return _ModuleSvd(U, S, Vh, total, Bc, Ac, S, path)
     generator = torch.Generator(device=dense.device)
     # Per-module seed: the same sketch for a module whatever the module order.
     generator.manual_seed(stable_seed("flexlora-sketch", opts.seed, module))
     U, S, Vh = dense_topk_svd(dense, r_max, "fast", generator, opts.oversample, opts.power_iters)
-    # The fast SVD is approximate, so the global update stays the stacked factors: exactly dW.
-    return _ModuleSvd(U, S, Vh, total, Bc, Ac, S, path)
+    residual = triplet_residual(dense, U, S, Vh)
+    return _ModuleSvd(U, S, Vh, total, Bc, Ac, S, path, residual)
 
 
-def _exact_result(
-    U: Tensor, S: Tensor, Vh: Tensor, shape: tuple[int, int], path: str
-) -> _ModuleSvd:
-    """Global update U Σ, Vᵀ kept to dW's numerical rank (at least one component)."""
-    keep = max(1, numerical_rank(S, shape))
-    total = float(S.double().square().sum())
-    global_B = U[:, :keep] * S[:keep]  # (out, g) · (g,) -> (out, g)
-    return _ModuleSvd(U, S, Vh, total, global_B, Vh[:keep], S[:keep], path)
+def captured_energy(singular_values: Tensor, total_energy: float) -> float:
+    """Σ σ_i² / ‖dW‖_F² over the triplets a module kept (1.0 when dW = 0).
+
+    On the exact paths this is the largest share any r_max components can hold; the fast
+    path's Ritz values are each at most the true σ_i, so its share falls short of that
+    by at least what its sketch missed.
+    """
+    if total_energy <= 0.0:
+        return 1.0
+    return float(singular_values.double().square().sum()) / total_energy
 
 
 def _recipient_factors(
