@@ -11,9 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from flexlora.atomic import atomic_write, atomic_write_text
 from flexlora.config import ExperimentConfig, config_to_dict
 from flexlora.errors import FlexLoraError
 
@@ -33,50 +32,57 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
+__all__ = ["atomic_write_text"]  # re-exported: commands import it from here
 
 CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
 CHECKPOINT_FORMAT = 2  # 2: draws seeded by (round, client id), no sampler state
 
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
     import torch
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def _jsonable(value: Any) -> Any:
-    """Floats that JSON can hold (NaN/Inf become null), tensors as lists."""
+class NonFiniteValueError(FlexLoraError):
+    """A NaN or Inf where a number is to be written: the training diverged."""
+
+    def __init__(self, path: str, value: float, where: str = "") -> None:
+        self.path, self.value = path, value
+        super().__init__(
+            f"{where}{path or 'value'} is {value} (the training diverged: lower federation.lr)"
+        )
+
+
+def _jsonable(value: Any, path: str = "") -> Any:
+    """Plain JSON values (tensors as lists); NonFiniteValueError naming the key path of a
+    NaN or Inf. JSON would write it as null, which reads as "not measured": a diverged
+    run would look like one that simply skipped its evaluation."""
     if isinstance(value, float):
-        return value if math.isfinite(value) else None
+        if not math.isfinite(value):
+            raise NonFiniteValueError(path, value)
+        return value
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        prefix = f"{path}." if path else ""
+        return {str(k): _jsonable(v, f"{prefix}{k}") for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [_jsonable(v, f"{path}[{i}]") for i, v in enumerate(value)]
     if hasattr(value, "tolist"):
-        return _jsonable(value.tolist())
+        return _jsonable(value.tolist(), path)
     return value
 
 
 def to_json(value: Any, indent: int | None = None) -> str:
-    return json.dumps(_jsonable(value), indent=indent, sort_keys=False)
+    """JSON text of `value`; a NaN or Inf in it is a FlexLoraError naming where it is
+    (and the round, for a round record)."""
+    try:
+        plain = _jsonable(value)
+    except NonFiniteValueError as e:
+        round_index = value.get("round") if isinstance(value, Mapping) else None
+        where = f"round {round_index}: " if isinstance(round_index, int) else ""
+        raise NonFiniteValueError(e.path, e.value, where) from None
+    return json.dumps(plain, indent=indent, sort_keys=False, allow_nan=False)
 
 
 def peft_template(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -99,7 +105,7 @@ class RunWriter:
     def __init__(self, out_dir: Path, cfg: ExperimentConfig) -> None:
         self.out_dir = out_dir
         self.cfg = cfg
-        self.metrics_path = out_dir / "metrics.jsonl"
+        self.metrics_path = out_dir / METRICS
         self.info: dict[str, Any] = {}
 
     def start(
@@ -120,8 +126,7 @@ class RunWriter:
         )
         kept = ""
         if resumed_rounds:
-            lines = self.metrics_path.read_text().splitlines(keepends=True)
-            kept = "".join(lines[:resumed_rounds])
+            kept = "".join(read_metrics_lines(self.out_dir, resumed_rounds)[:resumed_rounds])
         atomic_write_text(self.metrics_path, kept)
         counts = Counter(client_class.values())
         self.info = {
@@ -145,8 +150,9 @@ class RunWriter:
         }
 
     def append_round(self, record: Mapping[str, Any]) -> None:
-        with self.metrics_path.open("a") as f:
-            f.write(to_json(record) + "\n")
+        line = to_json(record) + "\n"  # a non-finite value raises before the file is touched
+        with self.metrics_path.open("a", encoding="utf-8") as f:
+            f.write(line)
             f.flush()
 
     def checkpoint(self, state: ServerState, seconds_so_far: float) -> None:
@@ -241,6 +247,27 @@ class Checkpoint:
         return int(self.state["round"])
 
 
+def read_metrics_lines(out_dir: Path, rounds_completed: int) -> list[str]:
+    """metrics.jsonl's lines (newline kept), at least one per completed round, else a
+    FlexLoraError: a resumed run keeps them, and they cannot be made up."""
+    path = out_dir / METRICS
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    except FileNotFoundError:
+        raise FlexLoraError(
+            f"--resume: {path} is missing (it holds the records of the {rounds_completed} "
+            "completed rounds): put it back, or start the run again in an empty directory"
+        ) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise FlexLoraError(f"--resume: {path} is unreadable ({type(e).__name__})") from e
+    if len(lines) < rounds_completed:
+        raise FlexLoraError(
+            f"--resume: {path} has {len(lines)} round records, the checkpoint "
+            f"{rounds_completed}: it was cut short; start the run again in an empty directory"
+        )
+    return lines
+
+
 def read_checkpoint(out_dir: Path) -> Checkpoint:
     """The checkpoint of the run in `out_dir`; FlexLoraError when missing or damaged."""
     import torch
@@ -260,10 +287,12 @@ def read_checkpoint(out_dir: Path) -> Checkpoint:
         state = dict(saved["state"])
         state["history"] = json.loads(state["history"])
         state["baseline"] = json.loads(state["baseline"])
-        return Checkpoint(dict(saved["config"]), state, float(saved["seconds"]))
+        checkpoint = Checkpoint(dict(saved["config"]), state, float(saved["seconds"]))
     except Exception as e:  # any damage to the file is the same user-facing fact
         reason = (str(e).strip().splitlines() or [""])[0][:200]  # torch's can run to pages
         raise FlexLoraError(f"--resume: {path} is unreadable ({type(e).__name__}: {reason})") from e
+    read_metrics_lines(out_dir, checkpoint.rounds_completed)  # up front, before any loading
+    return checkpoint
 
 
 def _final_metrics(evaluation: Mapping[str, Any]) -> dict[str, Any]:

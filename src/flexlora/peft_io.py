@@ -33,16 +33,12 @@ silently dropped.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
-import os
 import re
-import shutil
-import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +49,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from flexlora.aggregation.base import GlobalUpdate
+from flexlora.atomic import atomic_folder
 from flexlora.errors import FlexLoraError
 from flexlora.lora import LoraFactors, lora_scaling
 
@@ -425,33 +422,3 @@ def _checked_factors(f: LoraFactors, module: str, folder: Path) -> tuple[Tensor,
         out, in_ = f.shape
         B, A = B.new_zeros(out, 1), A.new_zeros(1, in_)
     return B, A
-
-
-@contextlib.contextmanager
-def atomic_folder(folder: str | Path, *, replace: bool = False) -> Iterator[Path]:
-    """Yield a temp folder next to `folder`: it becomes `folder` on success, vanishes on error.
-
-    An existing non-empty `folder` is an error unless `replace`, in which case it is
-    swapped out only once the new one is complete.
-    """
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise FlexLoraError(f"{folder}: exists and is not a folder")
-    if folder.exists() and any(folder.iterdir()) and not replace:
-        raise FlexLoraError(f"{folder}: already exists and is not empty")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    # os.mkdir (not mkdtemp) so that the folder gets the usual umask permissions.
-    tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:12]}"
-    os.mkdir(tmp)
-    try:
-        yield tmp
-        old = None
-        if folder.exists():
-            old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:12]}"
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        if old is not None:
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

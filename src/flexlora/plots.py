@@ -11,13 +11,14 @@ import matplotlib
 matplotlib.use("Agg")  # files only: a server or CI has no display
 import matplotlib.pyplot as plt
 
+from flexlora.atomic import atomic_write
+
 
 def _save(fig: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
 
 
 def plot_run(

@@ -25,8 +25,6 @@ import hashlib
 import itertools
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from flexlora.atomic import atomic_write, remove_stale_temps
 from flexlora.config import DataConfig
 from flexlora.data.partition import sort_ids
 from flexlora.data.templates import check_template, format_prompt, format_target
@@ -671,15 +670,9 @@ def _write(path: Path, splits: dict[str, dict[str, TokenizedSplit]], train_on_in
             [[t.counts[k] for k in COUNT_KEYS] for t in parts], dtype=np.int64
         ).reshape(len(parts), len(COUNT_KEYS)),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)  # type: ignore[arg-type]
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # the cache folder is shared by runs: only temps of writers that are gone are removed
+    remove_stale_temps(path.parent, recursive=False)
+    atomic_write(path, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]
     log.info("cached tokenised clients in %s", path)
 
 
