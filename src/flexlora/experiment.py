@@ -95,24 +95,26 @@ class ExperimentResult:
     summary: dict[str, Any]
 
 
-def run_experiment(
-    cfg: ExperimentConfig,
-    out_dir: Path,
-    observer: RunObserver | None = None,
-    checkpoint: Checkpoint | None = None,
-) -> ExperimentResult:
-    """Run `cfg` end to end and leave its results under `out_dir`.
+@dataclass
+class PreparedExperiment:
+    """A run's fixed parts, loaded and checked; nothing has been written yet."""
 
-    After every round the server state is saved to `out_dir/checkpoint.pt`. Given that
-    `checkpoint` (read back with `read_checkpoint`), the run goes on from the round after
-    it and ends exactly as an uninterrupted run would: every random draw of a round is
-    seeded from (seed, round, client id), never from state carried in memory.
+    engine: InProcessEngine
+    tokenizer: Any
+    shapes: dict[str, tuple[int, int]]
+    tokenized_counts: Mapping[str, Any]
+
+    @property
+    def server(self) -> Server:
+        return self.engine.server
+
+
+def prepare_experiment(cfg: ExperimentConfig) -> PreparedExperiment:
+    """Validate `cfg`, load data and model, tokenise, and build the engine's pieces.
+
+    Everything that can reject the user's input happens here, before anything is written.
     """
-    observer = observer or RunObserver()
-    started = time.perf_counter()
     device = pick_device(cfg.model.device)
-
-    # Everything that can reject the user's input happens before anything is written.
     validate_experiment(cfg)
     dataset = load_federated_dataset(cfg.data, cfg.seed)
     if not dataset.seen:
@@ -175,20 +177,44 @@ def run_experiment(
         dataset=dataset,
         evaluate=evaluate,
     )
-    state = initial_state(server)
+    return PreparedExperiment(engine, tokenizer, shapes, tokenized.counts)
+
+
+def run_experiment(
+    cfg: ExperimentConfig,
+    out_dir: Path,
+    observer: RunObserver | None = None,
+    checkpoint: Checkpoint | None = None,
+) -> ExperimentResult:
+    """Run `cfg` end to end and leave its results under `out_dir`.
+
+    After every round the server state is saved to `out_dir/checkpoint.pt`. Given that
+    `checkpoint` (read back with `read_checkpoint`), the run goes on from the round after
+    it and ends exactly as an uninterrupted run would: every random draw of a round is
+    seeded from (seed, round, client id), never from state carried in memory.
+    """
+    observer = observer or RunObserver()
+    started = time.perf_counter()
+    prepared = prepare_experiment(cfg)
+    engine = prepared.engine
+    state = initial_state(engine.server)
     seconds_before = 0.0
     if checkpoint is not None:
-        state = resume_state(checkpoint, state, host)
+        state = resume_state(checkpoint, state, engine.client.adapters)
         seconds_before = checkpoint.seconds
         logger.info("resuming after round %d of %d", state.round, cfg.federation.rounds)
     writer = RunWriter(out_dir, cfg)
     writer.start(
-        dataset=dataset,
-        classes=server.classes,
+        dataset=engine.dataset,
+        classes=engine.server.classes,
         client_class=state.client_class,
-        tokenized_stats=tokenized.counts,
+        tokenized_stats=prepared.tokenized_counts,
         resumed_rounds=state.round,
     )
+    if state.round == 0:
+        # A checkpoint before any work: a run stopped before its first round ends can
+        # still be resumed (from round 1) instead of leaving a folder nothing accepts.
+        writer.checkpoint(state, seconds_before + time.perf_counter() - started)
     if cfg.eval.baseline and state.round == 0:
         state.baseline = engine.evaluate_global(state, observer)  # W0: no update yet
     while state.round < cfg.federation.rounds:
@@ -197,8 +223,8 @@ def run_experiment(
         writer.checkpoint(state, seconds_before + time.perf_counter() - started)
     summary = writer.finish(
         state=state,
-        total_update=total_update(state, shapes),
-        tokenizer=tokenizer,
+        total_update=total_update(state, prepared.shapes),
+        tokenizer=prepared.tokenizer,
         seconds_total=seconds_before + time.perf_counter() - started,
     )
     return ExperimentResult(out_dir=out_dir, summary=summary)

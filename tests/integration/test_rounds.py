@@ -1,0 +1,198 @@
+"""The round's pieces on a tiny model: client step, server functions, method hooks."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine_fixtures import make_tiny_model
+from flexlora.client import ClientReply, local_update
+from flexlora.config import load_config
+from flexlora.experiment import PreparedExperiment, prepare_experiment
+from flexlora.lora import LoraFactors
+from flexlora.rounds import (
+    RoundFailure,
+    ServerState,
+    aggregate_round,
+    fresh_factors,
+    initial_state,
+    make_tasks,
+    sample_clients,
+    total_update,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+def prepare(model: Path, cache: Path, *extra: str) -> PreparedExperiment:
+    cfg = load_config(
+        None,
+        [
+            f"model.path={model}",
+            f"data.cache_dir={cache}",
+            "data.synthetic={num_clients: 24, train_per_client: 12, "
+            "eval_per_client: 2, test_per_client: 2}",
+            "data.max_length=128",
+            "federation.clients_per_round=3",
+            "federation.local_steps=3",
+            "federation.batch_size=4",
+            "federation.lr=0.01",
+            "ranks.types=[2, 4, 8]",
+            "lora.dropout=0.1",  # dropout on: its draws must be seeded per client too
+            *extra,
+        ],
+    )
+    return prepare_experiment(cfg)
+
+
+def test_a_client_trains_the_same_whatever_the_order(tiny_model: Path, tmp_path: Path) -> None:
+    # Prepare: one round's tasks
+    run = prepare(tiny_model, tmp_path)
+    state = initial_state(run.server)
+    tasks = make_tasks(run.server, state, sample_clients(run.server, state))
+    assert len({t.seed for t in tasks}) == len(tasks)
+
+    # Execute: the clients in the sampled order, then reversed, then the last one alone
+    forward = {t.client_id: local_update(run.engine.client, t) for t in tasks}
+    backward = {t.client_id: local_update(run.engine.client, t) for t in reversed(tasks)}
+    alone = local_update(run.engine.client, tasks[-1])
+
+    # Assert: bit-identical factors, and training moved them
+    for cid, reply in forward.items():
+        assert reply.ok and backward[cid].ok
+        assert reply.factors is not None and backward[cid].factors is not None
+        for name, f in reply.factors.items():
+            assert torch.equal(f.B, backward[cid].factors[name].B), (cid, name)
+            assert torch.equal(f.A, backward[cid].factors[name].A), (cid, name)
+    last = forward[tasks[-1].client_id].factors
+    assert alone.factors is not None and last is not None
+    assert all(torch.equal(alone.factors[n].B, last[n].B) for n in last)
+    assert any(float(f.B.abs().max()) > 0 for f in last.values())  # B left zero: it trained
+
+
+def test_a_failing_client_is_left_out_recorded_and_the_rest_aggregated(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    # Prepare: three clients' replies; the second's update turned non-finite
+    run = prepare(tiny_model, tmp_path)
+    server = run.server
+    state = initial_state(server)
+    tasks = make_tasks(server, state, sample_clients(server, state))
+    replies = [local_update(run.engine.client, t) for t in tasks]
+    assert replies[1].factors is not None
+    poisoned = {
+        n: LoraFactors(f.B * math.nan, f.A, f.scaling) for n, f in replies[1].factors.items()
+    }
+    replies[1] = dataclasses.replace(replies[1], factors=poisoned)
+
+    # Execute
+    new_state, result, record = aggregate_round(server, state, tasks, replies)
+
+    # Assert: the record names the client and why; dW is the aggregate of the other two
+    assert record["clients_failed"] == [
+        {"client": tasks[1].client_id, "reason": record["clients_failed"][0]["reason"]}
+    ]
+    assert "not finite" in record["clients_failed"][0]["reason"]
+    kept = [replies[0], replies[2]]
+    assert set(new_state.class_factors or {}) == {c.key for c in server.classes}
+    examples = sum(r.num_examples for r in kept)
+    p = [r.num_examples / examples for r in kept]
+    for name in server.shapes:
+        expected = sum(
+            pk * r.factors[name].delta().double()  # type: ignore[index]
+            for pk, r in zip(p, kept, strict=True)
+        )
+        g = result.global_update[name]
+        got = g.B.double() @ g.A.double()  # (out, R) @ (R, in) -> (out, in)
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-7)
+    assert new_state.round == 1 and state.round == 0  # the input state is not modified
+
+
+def test_too_few_usable_replies_end_the_round_with_the_reason(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    run = prepare(tiny_model, tmp_path, "federation.min_replies=3")
+    server = run.server
+    state = initial_state(server)
+    tasks = make_tasks(server, state, sample_clients(server, state))
+    replies = [local_update(run.engine.client, t) for t in tasks]
+    replies[0] = ClientReply(tasks[0].client_id, None, 12, error="FloatingPointError: loss nan")
+    with pytest.raises(RoundFailure, match=r"round 1: 1 of 3 clients failed .*min_replies=3"):
+        aggregate_round(server, state, tasks, replies)
+
+
+def test_a_diverging_client_reports_its_failure_instead_of_raising(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    run = prepare(tiny_model, tmp_path, "federation.lr=1.0e+30", "federation.max_grad_norm=null")
+    state = initial_state(run.server)
+    (task,) = make_tasks(run.server, state, sample_clients(run.server, state)[:1])
+    reply = local_update(run.engine.client, task)
+    assert not reply.ok and reply.factors is None
+    assert reply.error is not None and "FloatingPointError" in reply.error
+
+
+def test_hetlora_pruning_shrinks_a_clients_ranks_when_the_regulariser_wins(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    # Prepare: a regulariser that dominates the loss, so every tail shrinks
+    run = prepare(
+        tiny_model,
+        tmp_path,
+        "method=hetlora",
+        "method_options={reg_lambda: 100.0, gamma: 0.5}",
+        "ranks.types=[8]",
+    )
+    server = run.server
+    state = initial_state(server)
+    state.class_factors = {  # a round-1 start with a live tail (fresh LoRA has B = 0)
+        key: {
+            n: LoraFactors(torch.full_like(f.B, 0.05), f.A, f.scaling) for n, f in factors.items()
+        }
+        for key, factors in fresh_factors(server, 0).items()
+    }
+    tasks = make_tasks(server, state, sample_clients(server, state))
+    replies = [local_update(run.engine.client, t) for t in tasks]
+
+    # Execute
+    new_state, _, _ = aggregate_round(server, state, tasks, replies)
+
+    # Assert: the clients keep ⌊0.5 · 8⌋ = 4 components, and their next task says so
+    for reply in replies:
+        assert set(reply.ranks.values()) == {4}, reply.ranks
+        assert reply.factors is not None
+        assert all(float(f.B[:, 4:].abs().sum()) == 0 for f in reply.factors.values())
+        assert set(new_state.client_ranks[reply.client_id].values()) == {4}
+    again = make_tasks(server, new_state, [replies[0].client_id])[0]
+    assert set(again.ranks.values()) == {4}
+
+
+def test_flora_global_model_is_the_sum_of_its_merged_rounds(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    run = prepare(tiny_model, tmp_path, "method=flora", "eval.seen=false")
+    host = run.engine.client.adapters
+    base = {n: layer.base_layer.weight.detach().clone() for n, layer in host._layers.items()}
+    state: ServerState = initial_state(run.server)
+    merged = []
+    for _ in range(2):
+        tasks = make_tasks(run.server, state, sample_clients(run.server, state))
+        replies = [local_update(run.engine.client, t) for t in tasks]
+        state, result, _ = aggregate_round(run.server, state, tasks, replies)
+        host.merge_into_base(result.global_update)
+        merged.append(result.global_update)
+    total = total_update(state, run.shapes)
+    for name, layer in host._layers.items():
+        expected = sum(u[name].B.double() @ u[name].A.double() for u in merged)  # (out, in)
+        got = total[name].B.double() @ total[name].A.double()  # (out, ΣR) @ (ΣR, in)
+        torch.testing.assert_close(got, expected)
+        moved = layer.base_layer.weight.detach().double() - base[name].double()
+        torch.testing.assert_close(moved, expected, rtol=1e-5, atol=1e-6)
+        assert float(expected.abs().max()) > 0
