@@ -12,6 +12,7 @@ from flexlora.svd import (
     factored_singular_values,
     factored_svd,
     gram_topk_svd,
+    lower_gram,
     numerical_rank,
     triplet_residual,
     truncated_svd_of_product,
@@ -299,3 +300,10 @@ def test_triplet_residual_is_zero_for_exact_and_large_for_wrong_triplets() -> No
     residual = triplet_residual(M, U[:, :5], S[:5], tilted)
     assert 0.03 < residual < 0.15
     assert triplet_residual(M, U[:, :2], torch.zeros(2, dtype=torch.float64), Vh[:2]) == 0.0
+
+
+@pytest.mark.parametrize("blocks", [1, 3, 8])
+def test_lower_gram_is_exact_on_and_below_the_diagonal(blocks: int) -> None:
+    X = torch.randn(50, 70, generator=torch.Generator().manual_seed(25), dtype=torch.float64)
+    G = lower_gram(X, blocks)
+    torch.testing.assert_close(torch.tril(G), torch.tril(X @ X.T), rtol=0, atol=1e-12)
