@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from flexlora.aggregation import get_method, method_options
+from flexlora.aggregation import get_aggregation
 from flexlora.aggregation.base import AggregateFn
 from flexlora.aggregation.common import parse_options, stable_seed
 from flexlora.errors import FlexLoraError
@@ -42,11 +42,11 @@ class Method:
 
     @property
     def aggregate(self) -> AggregateFn:
-        return get_method(self.name)
+        return get_aggregation(self.name).aggregate
 
     def options(self, raw: Mapping[str, Any]) -> Any:
         """The method's options dataclass from a plain mapping (FlexLoraError if bad)."""
-        return parse_options(method_options[self.name], raw, self.name)
+        return parse_options(get_aggregation(self.name).options, raw, self.name)
 
     def resolve_options(self, raw: Mapping[str, Any], run_seed: int) -> dict[str, Any]:
         """The plain options a run hands to the aggregation and to every client: the
@@ -163,6 +163,8 @@ METHODS: dict[str, Method] = {
         HetLoraMethod("hetlora"),
         Method("flora"),
         FfaMethod("ffa", freeze_A=True),
+        Method("florist"),
+        Method("fedex", single_rank=True),
     )
 }
 

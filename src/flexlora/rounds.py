@@ -3,7 +3,7 @@
     clients = sample_clients(server, state)
     tasks   = make_tasks(server, state, clients)          --> client.local_update, each
     state, result, record = aggregate_round(server, state, tasks, replies)
-    (FLoRA: the engine folds result.global_update into its base weights)
+    (the engine folds base_change(result), if any, into its base weights: FLoRA, FedEx)
     (the engine evaluates W0 + state.global_update)
 
 Every random draw is seeded from (run seed, stream, round, client id), never from a
@@ -80,7 +80,8 @@ class ServerState:
     global_update: dict[str, GlobalUpdate] | None
     """The current global update dW (W0 + dW is the global model); None before round 1."""
     merged: list[dict[str, GlobalUpdate]] = field(default_factory=list)
-    """Updates already folded into the base weights (FLoRA), one per round."""
+    """Updates already folded into the base weights (FLoRA's rounds, FedEx-LoRA's
+    residuals), in order."""
     client_ranks: dict[str, dict[str, int]] = field(default_factory=dict)
     """Per-client ranks below the class rank (HETLoRA's self-pruning), module -> rank."""
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -376,6 +377,7 @@ def aggregate_round(
         pruned = {n: r for n, r in reply.ranks.items() if r < class_ranks[n]}
         if pruned:
             client_ranks[reply.client_id] = pruned
+    folded = base_change(result)
     if result.merge_into_base:
         new_state = replace(
             state,
@@ -387,10 +389,22 @@ def aggregate_round(
         )
     else:
         generator = torch.Generator().manual_seed(server.seed("revive", state.round + 1))
+        global_update = result.global_update
+        if folded is not None:
+            # The base now holds part of dW: the global model's update on top of it is
+            # the rest, dW − base_update, kept exact as stacked factors.
+            global_update = {
+                n: GlobalUpdate(
+                    B=torch.cat([g.B, -folded[n].B.to(g.B.dtype)], dim=1),  # (out, R + R_b)
+                    A=torch.cat([g.A, folded[n].A.to(g.A.dtype)], dim=0),  # (R + R_b, in)
+                )
+                for n, g in result.global_update.items()
+            }
         new_state = replace(
             state,
             round=state.round + 1,
-            global_update=result.global_update,
+            merged=[*state.merged, folded] if folded is not None else state.merged,
+            global_update=global_update,
             class_factors={
                 str(key): revive_dead_components(factors, generator)
                 for key, factors in (result.client_factors or {}).items()
@@ -408,6 +422,12 @@ def aggregate_round(
         "aggregation": result.diagnostics,
     }
     return new_state, result, record
+
+
+def base_change(result: AggregationResult) -> dict[str, GlobalUpdate] | None:
+    """What an engine folds into its frozen base weights after this round, if anything:
+    the whole update (FLoRA) or the method's residual (FedEx-LoRA)."""
+    return result.global_update if result.merge_into_base else result.base_update
 
 
 def revive_dead_components(
@@ -437,7 +457,8 @@ def revive_dead_components(
 def total_update(
     state: ServerState, shapes: Mapping[str, tuple[int, int]]
 ) -> dict[str, GlobalUpdate]:
-    """W - W0 of the global model: merged rounds (FLoRA) stacked with the current dW."""
+    """W - W0 of the global model: what was folded into the base (FLoRA, FedEx-LoRA)
+    stacked with the current update on top of it."""
     parts = [*state.merged, *([state.global_update] if state.global_update else [])]
     if not parts:
         return {

@@ -15,7 +15,14 @@ from typing import Any
 
 from flexlora.client import ClientHost, local_update
 from flexlora.data.types import FederatedDataset
-from flexlora.rounds import Server, ServerState, aggregate_round, make_tasks, sample_clients
+from flexlora.rounds import (
+    Server,
+    ServerState,
+    aggregate_round,
+    base_change,
+    make_tasks,
+    sample_clients,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +77,9 @@ class InProcessEngine:
         t1 = time.perf_counter()
         new_state, result, record = aggregate_round(self.server, state, tasks, replies)
         del tasks, replies  # the round's client factors are not needed past aggregation
-        if result.merge_into_base:
-            self.client.adapters.merge_into_base(result.global_update)
+        folded = base_change(result)
+        if folded is not None:
+            self.client.adapters.merge_into_base(folded)
         record["aggregate_seconds"] = time.perf_counter() - t1
 
         cfg = self.server.config

@@ -18,6 +18,7 @@ from flexlora.rounds import (
     RoundFailure,
     ServerState,
     aggregate_round,
+    base_change,
     fresh_factors,
     initial_state,
     make_tasks,
@@ -196,3 +197,40 @@ def test_flora_global_model_is_the_sum_of_its_merged_rounds(
         moved = layer.base_layer.weight.detach().double() - base[name].double()
         torch.testing.assert_close(moved, expected, rtol=1e-5, atol=1e-6)
         assert float(expected.abs().max()) > 0
+
+
+def test_fedex_folds_its_residual_into_the_base_and_the_global_model_stays_exact(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    # Prepare: one FedEx-LoRA round at one rank
+    run = prepare(tiny_model, tmp_path, "method=fedex", "ranks.types=[4]")
+    host = run.engine.client.adapters
+    base = {
+        n: layer.base_layer.weight.detach().double().clone() for n, layer in host._layers.items()
+    }
+    state = initial_state(run.server)
+    tasks = make_tasks(run.server, state, sample_clients(run.server, state))
+    replies = [local_update(run.engine.client, t) for t in tasks]
+
+    # Execute: aggregate and fold what the round hands the base
+    state, result, _ = aggregate_round(run.server, state, tasks, replies)
+    folded = base_change(result)
+    assert folded is not None and folded is result.base_update
+    host.merge_into_base(folded)
+
+    # Assert: base moved by the residual; base + the recipients' update = W0 + dW
+    (factors,) = (state.class_factors or {}).values()
+    total = total_update(state, run.shapes)
+    for name, layer in host._layers.items():
+        dW = result.global_update[name].B.double() @ result.global_update[name].A.double()
+        residual = folded[name].B.double() @ folded[name].A.double()  # (out, R) @ (R, in)
+        moved = layer.base_layer.weight.detach().double() - base[name]
+        torch.testing.assert_close(moved, residual, rtol=1e-5, atol=1e-6)
+        f = factors[name]
+        on_top = f.scaling * (f.B.double() @ f.A.double())  # (out, r) @ (r, in)
+        g = state.global_update[name]  # type: ignore[index]
+        torch.testing.assert_close(g.B.double() @ g.A.double(), on_top, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(moved + on_top, dW, rtol=1e-5, atol=1e-6)
+        whole = total[name].B.double() @ total[name].A.double()
+        torch.testing.assert_close(whole, dW, rtol=1e-5, atol=1e-7)
+        assert float(residual.abs().max()) > 0  # clients differ: a real residual

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import pytest
 import torch
 
-from flexlora.aggregation import TargetSpec, get_method
+from flexlora.aggregation import TargetSpec, get_aggregation
 from flexlora.aggregation.ffa import ffa_shared_A
 from flexlora.aggregation.hetlora import hetlora_prune_rank, hetlora_regularizer
 from flexlora.errors import FlexLoraError
@@ -78,7 +78,7 @@ def test_fedit_averages_folded_B_and_A_separately() -> None:
     clients = make_clients(specs, seed=1)
     targets = targets_for(specs)
     # Execute
-    result = get_method("fedit")(clients, WEIGHTS, targets, F64)
+    result = get_aggregation("fedit").aggregate(clients, WEIGHTS, targets, F64)
     # Assert
     for module in MODULES:
         B_ref, A_ref = padded_reference(clients, WEIGHTS, module)
@@ -97,7 +97,7 @@ def test_fedit_averages_folded_B_and_A_separately() -> None:
 def test_fedit_equal_scalings_is_plain_fedavg() -> None:
     specs = [(3, 8.0, False)] * 3
     clients = make_clients(specs, seed=2)
-    result = get_method("fedit")(clients, [1.0, 1.0, 2.0], targets_for(specs), F64)
+    result = get_aggregation("fedit").aggregate(clients, [1.0, 1.0, 2.0], targets_for(specs), F64)
     f = result.client_factors[0]["q"]  # type: ignore[index]
     expected_B = (clients[0]["q"].B + clients[1]["q"].B + 2 * clients[2]["q"].B) / 4
     torch.testing.assert_close(f.B, expected_B, rtol=0, atol=1e-12)
@@ -106,7 +106,7 @@ def test_fedit_equal_scalings_is_plain_fedavg() -> None:
 def test_fedit_mixed_ranks_names_the_clients() -> None:
     clients = make_clients(MIXED)
     with pytest.raises(FlexLoraError) as info:
-        get_method("fedit")(clients, WEIGHTS, targets_for(MIXED), F64)
+        get_aggregation("fedit").aggregate(clients, WEIGHTS, targets_for(MIXED), F64)
     assert str(info.value) == (
         "fedit needs equal ranks: module 'q' has rank 2 for clients [0], "
         "rank 3 for clients [1] and rank 5 for clients [2]"
@@ -118,7 +118,7 @@ def test_fedit_target_rank_must_match() -> None:
     clients = make_clients(specs)
     targets = {"x": TargetSpec({m: 4 for m in MODULES}, {m: 1.0 for m in MODULES})}
     with pytest.raises(FlexLoraError, match="target 'x' asks rank 4 for module 'q'"):
-        get_method("fedit")(clients, [1.0, 1.0], targets, F64)
+        get_aggregation("fedit").aggregate(clients, [1.0, 1.0], targets, F64)
 
 
 # --- zeropad -------------------------------------------------------------------------
@@ -130,7 +130,7 @@ def test_zeropad_pads_averages_and_truncates() -> None:
     targets = targets_for(MIXED)
     targets["big"] = TargetSpec({m: 7 for m in MODULES}, {m: 0.5 for m in MODULES})
     # Execute
-    result = get_method("zeropad")(clients, WEIGHTS, targets, F64)
+    result = get_aggregation("zeropad").aggregate(clients, WEIGHTS, targets, F64)
     # Assert
     for module in MODULES:
         B_ref, A_ref = padded_reference(clients, WEIGHTS, module)
@@ -159,7 +159,9 @@ def test_hetlora_weights_by_update_norm(weighting: str) -> None:
     clients = make_clients(MIXED, seed=4)
     targets = targets_for(MIXED)
     # Execute
-    result = get_method("hetlora")(clients, WEIGHTS, targets, {**F64, "weighting": weighting})
+    result = get_aggregation("hetlora").aggregate(
+        clients, WEIGHTS, targets, {**F64, "weighting": weighting}
+    )
     # Assert
     for module in MODULES:
         norms = [float(effective(c[module]).norm()) for c in clients]
@@ -184,7 +186,7 @@ def test_hetlora_all_zero_updates_fall_back_to_data_weights() -> None:
         {m: LoraFactors(torch.zeros_like(f.B), f.A, f.scaling) for m, f in c.items()}
         for c in clients
     ]
-    result = get_method("hetlora")(zeroed, WEIGHTS, targets_for(MIXED), F64)
+    result = get_aggregation("hetlora").aggregate(zeroed, WEIGHTS, targets_for(MIXED), F64)
     assert result.diagnostics["hetlora_weights"]["q"] == pytest.approx([0.1, 0.3, 0.6])
     _, A_ref = padded_reference(zeroed, WEIGHTS, "q")
     torch.testing.assert_close(result.client_factors[2]["q"].A, A_ref, rtol=0, atol=1e-12)  # type: ignore[index]
@@ -252,9 +254,11 @@ def test_hetlora_prune_rank_criteria() -> None:
 def test_hetlora_options_validated() -> None:
     clients = make_clients(MIXED)
     with pytest.raises(FlexLoraError, match="gamma must be in"):
-        get_method("hetlora")(clients, WEIGHTS, targets_for(MIXED), {"gamma": 1.5})
+        get_aggregation("hetlora").aggregate(clients, WEIGHTS, targets_for(MIXED), {"gamma": 1.5})
     with pytest.raises(FlexLoraError, match="weighting='norm' is not one of"):
-        get_method("hetlora")(clients, WEIGHTS, targets_for(MIXED), {"weighting": "norm"})
+        get_aggregation("hetlora").aggregate(
+            clients, WEIGHTS, targets_for(MIXED), {"weighting": "norm"}
+        )
 
 
 # --- flora ---------------------------------------------------------------------------
@@ -265,7 +269,7 @@ def test_flora_stacks_exactly_and_merges() -> None:
     clients = make_clients(MIXED, seed=8)
     targets = targets_for(MIXED)
     # Execute
-    result = get_method("flora")(clients, WEIGHTS, targets, F64)
+    result = get_aggregation("flora").aggregate(clients, WEIGHTS, targets, F64)
     # Assert
     assert result.client_factors is None and result.merge_into_base
     for module in MODULES:
@@ -323,7 +327,7 @@ def test_ffa_averages_B_and_keeps_shared_A() -> None:
         for k, r in enumerate(ranks)
     }
     # Execute
-    result = get_method("ffa")(clients, WEIGHTS, targets, F64)
+    result = get_aggregation("ffa").aggregate(clients, WEIGHTS, targets, F64)
     # Assert
     for module in MODULES:
         shared = ffa_shared_A(IN, 5, seed=42, module_name=module).double()
@@ -342,12 +346,12 @@ def test_ffa_averages_B_and_keeps_shared_A() -> None:
 def test_ffa_seed_option_extends_A_beyond_the_largest_client() -> None:
     clients = ffa_clients([2, 3], seed=10)
     targets = {"big": TargetSpec({m: 6 for m in MODULES}, {m: 1.0 for m in MODULES})}
-    seeded = get_method("ffa")(
+    seeded = get_aggregation("ffa").aggregate(
         clients, [1.0, 1.0], targets, {**F64, "seed": 42, "shared_a_rtol": 1e-6}
     )
     f = seeded.client_factors["big"]["v"]  # type: ignore[index]
     torch.testing.assert_close(f.A, ffa_shared_A(IN, 6, 42, "v").double(), rtol=0, atol=0)
-    unseeded = get_method("ffa")(clients, [1.0, 1.0], targets, F64)
+    unseeded = get_aggregation("ffa").aggregate(clients, [1.0, 1.0], targets, F64)
     assert float(unseeded.client_factors["big"]["v"].A[3:].abs().max()) == 0.0  # type: ignore[index]
 
 
@@ -358,6 +362,6 @@ def test_ffa_rejects_a_client_with_a_different_A() -> None:
     with pytest.raises(
         FlexLoraError, match=r"ffa: client 1, module 'v': A differs from the shared A"
     ):
-        get_method("ffa")(clients, WEIGHTS, targets_for(MIXED), F64)
+        get_aggregation("ffa").aggregate(clients, WEIGHTS, targets_for(MIXED), F64)
     with pytest.raises(FlexLoraError, match="client 0, module 'q'"):
-        get_method("ffa")(clients, WEIGHTS, targets_for(MIXED), {**F64, "seed": 7})
+        get_aggregation("ffa").aggregate(clients, WEIGHTS, targets_for(MIXED), {**F64, "seed": 7})

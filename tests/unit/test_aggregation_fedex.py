@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import pytest
 import torch
 
-from flexlora.aggregation import TargetSpec, get_method
+from flexlora.aggregation import TargetSpec, get_aggregation
 from flexlora.errors import FlexLoraError
 from flexlora.lora import LoraFactors, lora_scaling
 
@@ -18,7 +18,7 @@ EQUAL = ((4, 16.0, False), (4, 8.0, True), (4, 32.0, False))
 WEIGHTS = (10.0, 30.0, 60.0)
 F64 = {"dtype": "float64"}
 
-fedex = get_method("fedex")
+fedex = get_aggregation("fedex").aggregate
 
 
 def make_clients(

@@ -8,7 +8,7 @@ from collections.abc import Hashable, Sequence
 import pytest
 import torch
 
-from flexlora.aggregation import TargetSpec, get_method
+from flexlora.aggregation import TargetSpec, get_aggregation
 from flexlora.lora import LoraFactors, lora_scaling
 
 OUT, IN = 24, 20
@@ -17,7 +17,7 @@ MODULES = ("q", "v")
 CLIENTS = ((2, 16.0, False), (3, 8.0, True), (5, 32.0, False))
 WEIGHTS = (10.0, 30.0, 60.0)
 
-flexlora = get_method("flexlora")
+flexlora = get_aggregation("flexlora").aggregate
 
 
 def make_clients(

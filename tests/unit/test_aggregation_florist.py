@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import pytest
 import torch
 
-from flexlora.aggregation import TargetSpec, get_method
+from flexlora.aggregation import TargetSpec, get_aggregation
 from flexlora.aggregation.florist import threshold_rank
 from flexlora.errors import FlexLoraError
 from flexlora.lora import LoraFactors, lora_scaling
@@ -20,7 +20,7 @@ CLIENTS = ((2, 16.0, False), (3, 8.0, True), (5, 32.0, False))
 WEIGHTS = (10.0, 30.0, 60.0)
 F64 = {"dtype": "float64"}
 
-florist = get_method("florist")
+florist = get_aggregation("florist").aggregate
 
 
 def make_clients(

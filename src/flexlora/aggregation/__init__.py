@@ -1,60 +1,64 @@
-"""Aggregation methods, chosen by name.
+"""Aggregation methods, chosen by name: one registry.
 
 Every method is a pure function with the signature of `base.AggregateFn`:
 
     aggregate(clients, weights, targets, options) -> AggregationResult
 
-`METHODS` maps a name to its function, `get_method(name)` looks one up, and
-`method_options[name]` is the dataclass documenting (and validating) its options:
-an unknown option key, or a value of the wrong type or outside its choices, is a
-FlexLoraError.
+`AGGREGATIONS[name]` holds that function with the dataclass documenting (and validating)
+its options: an unknown option key, or a value of the wrong type or outside its choices,
+is a FlexLoraError. `get_aggregation(name)` looks one up.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from flexlora.aggregation import fedex, fedit, ffa, flexlora, flora, florist, hetlora, zeropad
 from flexlora.aggregation.base import AggregateFn, AggregationResult, GlobalUpdate, TargetSpec
 from flexlora.errors import FlexLoraError
 
-METHODS: dict[str, AggregateFn] = {
-    "flexlora": flexlora.aggregate,
-    "fedit": fedit.aggregate,
-    "zeropad": zeropad.aggregate,
-    "hetlora": hetlora.aggregate,
-    "flora": flora.aggregate,
-    "ffa": ffa.aggregate,
-    "florist": florist.aggregate,
-    "fedex": fedex.aggregate,
+
+@dataclass(frozen=True)
+class Aggregation:
+    """One server-side method: its function and its options dataclass."""
+
+    name: str
+    aggregate: AggregateFn
+    options: type
+
+
+AGGREGATIONS: dict[str, Aggregation] = {
+    a.name: a
+    for a in (
+        Aggregation("flexlora", flexlora.aggregate, flexlora.FlexLoraOptions),
+        Aggregation("fedit", fedit.aggregate, fedit.FedItOptions),
+        Aggregation("zeropad", zeropad.aggregate, zeropad.ZeroPadOptions),
+        Aggregation("hetlora", hetlora.aggregate, hetlora.HetLoraOptions),
+        Aggregation("flora", flora.aggregate, flora.FloraOptions),
+        Aggregation("ffa", ffa.aggregate, ffa.FfaOptions),
+        Aggregation("florist", florist.aggregate, florist.FloristOptions),
+        Aggregation("fedex", fedex.aggregate, fedex.FedExOptions),
+    )
 }
 
-method_options: dict[str, type] = {
-    "flexlora": flexlora.FlexLoraOptions,
-    "fedit": fedit.FedItOptions,
-    "zeropad": zeropad.ZeroPadOptions,
-    "hetlora": hetlora.HetLoraOptions,
-    "flora": flora.FloraOptions,
-    "ffa": ffa.FfaOptions,
-    "florist": florist.FloristOptions,
-    "fedex": fedex.FedExOptions,
-}
 
-
-def get_method(name: str) -> AggregateFn:
-    """The aggregation function called `name`; FlexLoraError listing the known ones otherwise."""
+def get_aggregation(name: str) -> Aggregation:
+    """The aggregation called `name`; FlexLoraError listing the known ones otherwise."""
     try:
-        return METHODS[name]
+        return AGGREGATIONS[name]
     except KeyError:
+        known = ", ".join(sorted(AGGREGATIONS))
         raise FlexLoraError(
-            f"unknown aggregation method {name!r}; known methods: {', '.join(sorted(METHODS))}"
+            f"unknown aggregation method {name!r}; known methods: {known}"
         ) from None
 
 
 __all__ = [
-    "METHODS",
+    "AGGREGATIONS",
     "AggregateFn",
+    "Aggregation",
     "AggregationResult",
     "GlobalUpdate",
     "TargetSpec",
-    "get_method",
-    "method_options",
+    "get_aggregation",
 ]

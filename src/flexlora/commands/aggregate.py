@@ -25,6 +25,7 @@ import torch
 import yaml
 
 from flexlora.aggregation.base import AggregationResult, TargetSpec
+from flexlora.atomic import remove_stale_temps
 from flexlora.errors import FlexLoraError
 from flexlora.lora import lora_scaling
 from flexlora.peft_io import (
@@ -92,7 +93,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_aggregate(args: argparse.Namespace) -> int:
     """Read, aggregate, write, report. Returns the exit status."""
-    from flexlora.aggregation import get_method  # the registry, imported only when needed
+    from flexlora.aggregation import get_aggregation  # the registry, imported when needed
 
     started = time.perf_counter()
     out: Path = args.out
@@ -100,9 +101,11 @@ def run_aggregate(args: argparse.Namespace) -> int:
         raise FlexLoraError(
             f"{out}: output folder exists and is not empty (use --force to replace)"
         )
+    # what an aggregate to this OUT that was killed left beside it (possibly hundreds of MB)
+    remove_stale_temps(out.parent, recursive=False, target=out.name)
     weights = parse_weights(args.weights, len(args.adapters))
     new_ranks = parse_ranks(args.ranks, len(args.adapters))
-    method = get_method(args.method)
+    method = get_aggregation(args.method).aggregate
     options = method_options(args)
     device = resolve_device(args.device)
     dtype = _DTYPES[args.dtype]
@@ -160,11 +163,11 @@ def method_options(args: argparse.Namespace) -> dict[str, Any]:
     Inputs are cast to --dtype before the call anyway; a method that has no `svd`
     option makes an explicit --svd an error rather than a silent no-op.
     """
-    from flexlora.aggregation import method_options as options_classes
+    from flexlora.aggregation import get_aggregation
     from flexlora.aggregation.common import parse_options as check_options
 
-    cls = options_classes.get(args.method)
-    known = {f.name for f in dataclasses.fields(cls)} if cls is not None else set()
+    cls = get_aggregation(args.method).options
+    known = {f.name for f in dataclasses.fields(cls)}
     options: dict[str, Any] = {}
     if "dtype" in known:
         options["dtype"] = args.dtype
@@ -173,8 +176,7 @@ def method_options(args: argparse.Namespace) -> dict[str, Any]:
             raise FlexLoraError(f"--svd: method {args.method} computes no SVD")
         options["svd"] = args.svd
     options.update(parse_options(args.option))
-    if cls is not None:
-        check_options(cls, options, args.method)  # fail before reading any adapter
+    check_options(cls, options, args.method)  # fail before reading any adapter
     return options
 
 
