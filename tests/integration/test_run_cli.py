@@ -119,8 +119,8 @@ def test_same_seed_same_metrics(tiny_model: Path, tmp_path: Path) -> None:
     assert c[0]["train_loss"] != a[0]["train_loss"]
 
 
-@pytest.mark.parametrize("method", ["zeropad", "hetlora", "flora", "ffa"])
-def test_every_heterogeneous_baseline_runs(method: str, tiny_model: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["zeropad", "hetlora", "flora", "ffa", "florist", "fedex"])
+def test_every_baseline_runs(method: str, tiny_model: Path, tmp_path: Path) -> None:
     sets = [
         *quick_overrides(tiny_model, tmp_path / "cache"),
         "federation.rounds=2",
@@ -128,6 +128,8 @@ def test_every_heterogeneous_baseline_runs(method: str, tiny_model: Path, tmp_pa
     ]
     if method == "hetlora":
         sets.append("method_options={gamma: 0.5, reg_lambda: 0.01}")
+    if get_federated_method(method).single_rank:
+        sets.append("ranks.types=[4]")
     out = tmp_path / method
     assert run_cli(["run", "--quiet", "--out", str(out), *set_args(sets)]) == 0
     rounds = read_jsonl(out / "metrics.jsonl")
