@@ -2,7 +2,7 @@ r"""FlexLoRA aggregation against the authors' way, timed in one run.
 
 The authors' way (the reference), per module: each client's dense s_k·B_k @ A_k summed
 with the data weights, a full torch.linalg.svd on the CPU, then U_r Σ_r / s_j, V_rᵀ for
-every client j. Ours: `flexlora.aggregation.get_method("flexlora")` on the same factors.
+every client j. Ours: `flexlora.aggregation.get_aggregation("flexlora")` on the same factors.
 
 Cases:
   a  LLaMA-7B attention: q and v of `--layers` layers, 4096 × 4096, 10 clients of ranks
@@ -12,9 +12,12 @@ Cases:
      SVD in float64, itself checked against a float64 dense SVD with --verify-dense).
   b  The paper's setting: DataJuicer-1.3B shapes (hidden 2048, intermediate 5504; q,k,v,o
      2048 × 2048, gate/up 5504 × 2048, down 2048 × 5504), `--b-layers` layers, 80 clients
-     drawn from the heavy-tail-light rank types, so R >= min(out, in): dense path, our
-     fast (randomised) mode by default. Error of each target's truncation against the
-     reference's exact one.
+     drawn from the heavy-tail-light rank types, so R >= min(out, in): dW is formed. Ours
+     with `--svd` (default auto: exact, from the float64 Gram matrix) and with svd=fast
+     (randomised); every target's truncation against the float64 truncation of a float64
+     dW, max error per target rank, the captured energy of the top r_max against the
+     optimum (meaningful even at a tie) and any ties at a target rank. `--threads 1`
+     times ours and the reference single-threaded; `--b-modules` times a subset.
 
 Peak memory: each approach re-runs in a subprocess that builds the clients, resets its
 peak RSS (/proc/self/clear_refs), runs the approach once and reports peak RSS (VmHWM)
@@ -23,10 +26,9 @@ measurement runs both on the same `--ref-modules` largest modules. (ru_maxrss wo
 the parent's peak into the child across fork + exec.) On CUDA,
 torch.cuda.max_memory_allocated for ours.
 
-What docs/benchmarks/aggregation.md reports (about 10 + 25 minutes on a loaded 2-core CPU):
+What docs/benchmarks/aggregation.md reports (about 10 + 5 minutes on a 2-core CPU):
     .venv/bin/python benchmarks/aggregation.py --case a --layers 32 --ref-modules 1 --repeat 3
-    .venv/bin/python benchmarks/aggregation.py --case a b --layers 32 --ref-modules 1 \
-        --repeat 2 --skip-exact
+    .venv/bin/python benchmarks/aggregation.py --case b --threads 1 --repeat 1
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from flexlora.aggregation import AggregationResult, TargetSpec, get_method
+from flexlora.aggregation import AggregationResult, TargetSpec, get_aggregation
 from flexlora.lora import LoraFactors, lora_scaling
 from flexlora.svd import factored_svd
 
@@ -196,7 +198,7 @@ def ours(case: Case, modules: list[str], options: dict[str, object]) -> Aggregat
         k: TargetSpec({m: t.ranks[m] for m in modules}, {m: t.scalings[m] for m in modules})
         for k, t in case.targets.items()
     }
-    result = get_method("flexlora")(clients, case.weights, targets, options)
+    result = get_aggregation("flexlora").aggregate(clients, case.weights, targets, options)
     if clients[0][modules[0]].B.is_cuda:
         torch.cuda.synchronize()
     return result
@@ -403,39 +405,96 @@ def verify_against_dense_f64(case: Case, module: str, f64: dict[int, torch.Tenso
     print(f"    float64 factored vs float64 dense SVD on {module}: max rel. difference {check:.2e}")
 
 
+def dense_f64(case: Case, module: str) -> torch.Tensor:
+    """dW = Σ p_k s_k B_k A_k formed in float64 on the CPU."""
+    total = sum(case.weights)
+    dW = torch.zeros(case.shapes[module], dtype=torch.float64)
+    for c, n in zip(case.clients, case.weights, strict=True):
+        f = c[module]
+        product = f.B.double().cpu() @ f.A.double().cpu()  # (out, r) @ (r, in) -> (out, in)
+        dW += (n / total) * f.scaling * product
+    return dW
+
+
 def run_case_b(args: argparse.Namespace) -> None:
     case = make_case(args, "b")
     modules = list(case.shapes)
+    if args.b_modules:
+        wanted = set(args.b_modules.split(","))
+        modules = [m for m in modules if m.rsplit(".", 1)[-1] in wanted]
     attention = sum(c[modules[0]].rank for c in case.clients)
-    mlp = sum(c[modules[4]].rank for c in case.clients)
+    mlp = max(sum(c[m].rank for c in case.clients) for m in modules)
     print(
-        f"\n(b) 1.3B shapes, {args.b_layers} layer(s), {len(modules)} modules, "
-        f"{args.b_clients} clients (heavy-tail-light): R = {attention} (attention), "
-        f"{mlp} (mlp); spectrum={args.spectrum}"
+        f"\n(b) 1.3B shapes, {args.b_layers} layer(s), {len(modules)} of {len(case.shapes)} "
+        f"modules, {args.b_clients} clients (heavy-tail-light): R = {attention} (first module), "
+        f"{mlp} (largest); spectrum={args.spectrum}; {torch.get_num_threads()} thread(s)"
     )
-    options = {"dtype": args.dtype, "svd": args.svd}
-    t_fast, fast = best_time(lambda: ours(case, modules, options), args.repeat)
+    exact_options = {"dtype": args.dtype, "svd": args.svd}
+    fast_options = {"dtype": args.dtype, "svd": "fast"}
+    t_exact, exact = best_time(lambda: ours(case, modules, exact_options), args.repeat)
+    t_fast, fast = best_time(lambda: ours(case, modules, fast_options), 1)
     t_ref, ref = best_time(lambda: reference(case, modules), 1)
-    ranks = {f.rank for c in case.clients for f in c.values()}
-    exact_of = {m: reference_truncations(ref, m, ranks) for m in modules}
+    # Accuracy, untimed (all threads): every target against the float64 truncation of a
+    # float64 dW, by a float64 full SVD.
+    torch.set_num_threads(args.check_threads)
+    ranks = sorted({f.rank for c in case.clients for f in c.values()})
+    worst: dict[str, dict[int, float]] = {"reference": {}, "exact": {}, "fast": {}}
+    deficit = {"exact": 0.0, "fast": 0.0}
+    ties = []
+    for module in modules:
+        dW = dense_f64(case, module)
+        U, S, Vh = torch.linalg.svd(dW, full_matrices=False)
+        energy = float(S.square().sum())
+        r_max = max(ranks)
+        optimum = float(S[:r_max].square().sum()) / energy
+        for name, result in (("exact", exact), ("fast", fast)):
+            captured = result.diagnostics["svd_captured_energy"][module]
+            deficit[name] = max(deficit[name], optimum - captured)
+        for r in ranks:
+            if float(S[r - 1] - S[r]) <= 1e-12 * float(S[0]):
+                ties.append((module, r))
+        truncations = {r: (U[:, :r] * S[:r]) @ Vh[:r] for r in ranks}  # (out, r) @ (r, in)
+        ref_U, ref_S, ref_Vh = ref[module]
+        for key, spec in case.targets.items():
+            r = spec.ranks[module]
+            exact_r = truncations[r]
+            for name, result in (("exact", exact), ("fast", fast)):
+                assert result.client_factors is not None
+                error = relative_error(result.client_factors[key][module], exact_r)
+                worst[name][r] = max(worst[name].get(r, 0.0), error)
+            ref_r = (ref_U[:, :r] * ref_S[:r]).double() @ ref_Vh[:r].double()
+            worst["reference"][r] = max(
+                worst["reference"].get(r, 0.0), relative_difference(ref_r, exact_r)
+            )
     rows = [
-        ("reference (dense sum + full SVD, CPU fp32)", t_ref, 0.0),
+        ("reference (dense sum + full SVD, CPU fp32)", t_ref, max(worst["reference"].values())),
         (
-            f"flexlora {args.dtype} svd={args.svd} ({path_of(fast, modules[0])})",
+            f"flexlora {args.dtype} svd={args.svd} ({path_of(exact, modules[0])})",
+            t_exact,
+            max(worst["exact"].values()),
+        ),
+        (
+            f"flexlora {args.dtype} svd=fast ({path_of(fast, modules[0])})",
             t_fast,
-            max_error_vs(case, fast, modules, exact_of.__getitem__),
+            max(worst["fast"].values()),
         ),
     ]
-    if not args.skip_exact:
-        exact_options = {"dtype": args.dtype, "svd": "exact"}
-        t_exact, exact = best_time(lambda: ours(case, modules, exact_options), 1)
-        error = max_error_vs(case, exact, modules, exact_of.__getitem__)
-        rows.append(("flexlora svd=exact (dense_exact)", t_exact, error))
     print(
         "    errors: max over modules and targets of ||s_j B_j A_j - T_r(dW)||_F / ||T_r(dW)||_F"
-        " against the reference's own (float32, full SVD) truncation"
+        " against the float64 truncation of a float64 dW (float64 full SVD)"
     )
     print_table(rows, t_ref)
+    for name in ("reference", "exact", "fast"):
+        per_rank = ", ".join(f"r={r}: {e:.2e}" for r, e in sorted(worst[name].items()))
+        print(f"    max rel. error by target rank, {name}: {per_rank}")
+    residual = max(fast.diagnostics["svd_residual"].values(), default=0.0)
+    print(
+        f"    captured energy of the top {max(ranks)} vs the optimum (share of ||dW||_F^2), "
+        f"worst module: exact short by {deficit['exact']:.2e}, fast short by "
+        f"{deficit['fast']:.2e}; fast residual ||dW V - U S||_F / ||S||_F up to {residual:.2e}"
+    )
+    print(f"    ties (sigma_r = sigma_r+1 to 1e-12) at a target rank: {ties or 'none'}")
+    torch.set_num_threads(args.threads or args.check_threads)
     report_memory(args, "b")
 
 
@@ -475,7 +534,17 @@ def main() -> None:
     parser.add_argument(
         "--svd", choices=["auto", "exact", "fast"], default="auto", help="case b: our mode"
     )
-    parser.add_argument("--skip-exact", action="store_true", help="case b: do not time svd=exact")
+    parser.add_argument(
+        "--b-modules",
+        default="",
+        help="case b: time only these projections, e.g. q_proj,gate_proj (default: all 7)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads for the timed runs, ours and the reference alike (0: torch's default)",
+    )
     parser.add_argument(
         "--verify-dense",
         action="store_true",
@@ -487,6 +556,9 @@ def main() -> None:
     parser.add_argument("--child-case", help=argparse.SUPPRESS)
     parser.add_argument("--child-approach", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.check_threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.child_case:
         measure_child(args)
         return
