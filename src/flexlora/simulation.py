@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from flexlora.aggregation.base import AggregationResult
 from flexlora.client import ClientHost, local_update
 from flexlora.data.types import FederatedDataset
 from flexlora.rounds import (
@@ -42,13 +43,23 @@ Evaluate = Callable[[Any, str, Mapping[str, Any], RunObserver], dict[str, Any]]
 
 
 @dataclass
-class InProcessEngine:
-    """The server and every client in one process, sharing one model."""
+class Engine:
+    """What every engine shares: one round is a step that trains the sampled clients and
+    aggregates their replies (engine-specific), then the same conclusion: fold what the
+    round hands the base, evaluate the global model, time and record the round."""
 
     server: Server
     client: ClientHost
+    """The model the server evaluates and folds base updates into (and, in-process, the
+    one every client trains on)."""
     dataset: FederatedDataset
     evaluate: Evaluate
+
+    def train_and_aggregate(
+        self, state: ServerState, observer: RunObserver
+    ) -> tuple[ServerState, AggregationResult, dict[str, Any]]:
+        """Sample, train the clients, aggregate: `rounds.aggregate_round`'s result."""
+        raise NotImplementedError
 
     def evaluate_global(self, state: ServerState, observer: RunObserver) -> dict[str, Any]:
         """Scores of W0 + dW (W0 alone before round 1) on the unseen and seen clients."""
@@ -66,22 +77,10 @@ class InProcessEngine:
     ) -> tuple[ServerState, dict[str, Any]]:
         """One federated round: the state after it and the round's record."""
         t0 = time.perf_counter()
-        clients = sample_clients(self.server, state)
-        observer.round_started(state.round + 1, clients)
-        tasks = make_tasks(self.server, state, clients)
-        replies = []
-        for task in tasks:
-            replies.append(local_update(self.client, task))
-            observer.client_done(task.client_id)
-
-        t1 = time.perf_counter()
-        new_state, result, record = aggregate_round(self.server, state, tasks, replies)
-        del tasks, replies  # the round's client factors are not needed past aggregation
+        new_state, result, record = self.train_and_aggregate(state, observer)
         folded = base_change(result)
         if folded is not None:
             self.client.adapters.merge_into_base(folded)
-        record["aggregate_seconds"] = time.perf_counter() - t1
-
         cfg = self.server.config
         if new_state.round == cfg.federation.rounds or new_state.round % cfg.eval.every == 0:
             t2 = time.perf_counter()
@@ -91,3 +90,22 @@ class InProcessEngine:
         new_state.history = [*state.history, record]
         observer.round_done(record)
         return new_state, record
+
+
+class InProcessEngine(Engine):
+    """The server and every client in one process, sharing one model."""
+
+    def train_and_aggregate(
+        self, state: ServerState, observer: RunObserver
+    ) -> tuple[ServerState, AggregationResult, dict[str, Any]]:
+        clients = sample_clients(self.server, state)
+        observer.round_started(state.round + 1, clients)
+        tasks = make_tasks(self.server, state, clients)
+        replies = []
+        for task in tasks:
+            replies.append(local_update(self.client, task))
+            observer.client_done(task.client_id)
+        t1 = time.perf_counter()
+        new_state, result, record = aggregate_round(self.server, state, tasks, replies)
+        record["aggregate_seconds"] = time.perf_counter() - t1
+        return new_state, result, record
