@@ -231,6 +231,13 @@ class RanksConfig:
             values = t.values() if isinstance(t, dict) else [t]
             if any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in values):
                 raise FlexLoraError(f"ranks.types: every rank must be a positive int, got {t}")
+        if isinstance(self.distribution, list) and not all(
+            math.isfinite(p) and p >= 0 for p in self.distribution
+        ):
+            raise FlexLoraError(
+                "ranks.distribution: every probability must be a finite number >= 0, "
+                f"got {self.distribution}"
+            )
 
 
 @dataclass

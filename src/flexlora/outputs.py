@@ -32,8 +32,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-__all__ = ["atomic_write_text"]  # re-exported: commands import it from here
-
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 CHECKPOINT_FORMAT = 2  # 2: draws seeded by (round, client id), no sampler state

@@ -35,20 +35,19 @@ def run_lock(folder: Path, *, create: bool = True) -> Iterator[Path]:
     leaves nothing behind)."""
     if folder.exists() and not folder.is_dir():
         raise FlexLoraError(f"{folder} exists and is not a directory")
-    created = False
-    if not folder.exists():
+    # the folders this call makes, deepest first (runs/ too, for runs/<stamp>)
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
+    if created:
         if not create:
             raise FlexLoraError(f"{folder} is not a directory")
         try:
             folder.mkdir(parents=True)
         except OSError as e:
             raise FlexLoraError(f"cannot create {folder}: {e.strerror}") from e
-        created = True
     try:
         fd = _acquire(folder / LOCK_NAME)
     except BaseException:
-        if created:
-            _remove_if_empty(folder)
+        _remove_if_empty(created)
         raise
     try:
         yield folder
@@ -58,8 +57,7 @@ def run_lock(folder: Path, *, create: bool = True) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             (folder / LOCK_NAME).unlink()
         os.close(fd)
-        if created:
-            _remove_if_empty(folder)
+        _remove_if_empty(created)
 
 
 def _acquire(path: Path) -> int:
@@ -116,6 +114,10 @@ def _read_pid(fd: int) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def _remove_if_empty(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        folder.rmdir()
+def _remove_if_empty(folders: list[Path]) -> None:
+    """rmdir each of `folders`, deepest first, up to the first that is not empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return

@@ -29,6 +29,8 @@ from flexlora.ranks import resolve_rank_type
         ("lora.alpha=.inf", "lora.alpha"),
         ("lora.alpha=0", "lora.alpha must be positive"),
         ("data.dirichlet_alpha=.nan", "data.dirichlet_alpha"),
+        ("ranks.distribution=[0.5, .nan, 0.5, 0]", "ranks.distribution"),
+        ("ranks.distribution=[1.5, -0.5, 0, 0]", "ranks.distribution"),
         ("model.device=foo", "model.device"),
         ("model.device=cuda:x", "model.device"),
         ("federation.lr=nan", "federation.lr is not a finite number"),

@@ -25,11 +25,13 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from flexlora.commands.run import add_config_arguments, check_out_dir, default_out_dir
+from flexlora.atomic import atomic_write_text, remove_stale_temps
+from flexlora.commands.run import add_config_arguments, claim_out_dir, default_out_dir
 from flexlora.config import ExperimentConfig, config_from_dict, config_to_dict, load_config
 from flexlora.errors import FlexLoraError
-from flexlora.outputs import CHECKPOINT, atomic_write_text, read_checkpoint, to_json
+from flexlora.outputs import CHECKPOINT, read_checkpoint, to_json
 from flexlora.ranks import DISTRIBUTION_NAMES
+from flexlora.runlock import run_lock
 
 DEFAULT_METHODS = "fedit-min,fedit-max,zeropad,hetlora,flora,ffa,flexlora"
 DEFAULT_DISTRIBUTIONS = "uniform,heavy-tail-light"
@@ -94,8 +96,7 @@ def cell_config(
 
 
 def main(args: argparse.Namespace) -> int:
-    from flexlora.aggregation import METHODS
-    from flexlora.ranks import distribution_probabilities
+    from flexlora.assets import resolve_model_path
 
     if args.resume is not None:
         grid_args = (args.methods, args.distributions, args.seeds, args.out)
@@ -105,31 +106,51 @@ def main(args: argparse.Namespace) -> int:
                 "--methods, --distributions, --seeds or --out with it"
             )
         out = args.resume
-        base, methods, distributions, seeds = read_grid(out)
-    else:
-        base = load_config(args.config, args.overrides)
-        methods = _split(args.methods or DEFAULT_METHODS, "methods")
-        distributions = _split(args.distributions or DEFAULT_DISTRIBUTIONS, "distributions")
-        n_seeds = 1 if args.seeds is None else args.seeds
-        if n_seeds < 1:
-            raise FlexLoraError(f"--seeds must be >= 1, got {n_seeds}")
-        seeds = [base.seed + i for i in range(n_seeds)]
+        if not out.is_dir():
+            raise FlexLoraError(f"--resume: {out} is not a directory")
+        with claim_out_dir(out, resume=True):  # before reading: a writer may be under way
+            base, methods, distributions, seeds = read_grid(out)
+            check_grid(base, methods, distributions)
+            return compare_in(args, out, base, methods, distributions, seeds)
+    base = load_config(args.config, args.overrides)
+    methods = _split(args.methods or DEFAULT_METHODS, "methods")
+    distributions = _split(args.distributions or DEFAULT_DISTRIBUTIONS, "distributions")
+    n_seeds = 1 if args.seeds is None else args.seeds
+    if n_seeds < 1:
+        raise FlexLoraError(f"--seeds must be >= 1, got {n_seeds}")
+    seeds = [base.seed + i for i in range(n_seeds)]
+    check_grid(base, methods, distributions)
+    resolve_model_path(base.model.path)  # a missing model folder: refused before any write
+    out = args.out or default_out_dir("compare-")
+    with claim_out_dir(out, resume=False):
+        grid: dict[str, Any] = {"config": config_to_dict(base), "methods": methods}
+        grid |= {"distributions": distributions, "seeds": seeds}
+        atomic_write_text(out / GRID_FILE, to_json(grid, indent=2))
+        return compare_in(args, out, base, methods, distributions, seeds)
+
+
+def check_grid(base: ExperimentConfig, methods: list[str], distributions: list[str]) -> None:
+    """Every method and distribution of the grid is known."""
+    from flexlora.methods import METHODS
+    from flexlora.ranks import distribution_probabilities
+
     for m in methods:
         if m not in METHODS and m not in HOMOGENEOUS:
             known = ", ".join([*HOMOGENEOUS, *METHODS])
             raise FlexLoraError(f"unknown method {m!r} in --methods (known: {known})")
     for d in distributions:
         distribution_probabilities(d, len(base.ranks.types))  # raises on an unknown name
-    created = False
-    if args.resume is None:
-        out = args.out or default_out_dir("compare-")
-        check_out_dir(out)
-        grid: dict[str, Any] = {"config": config_to_dict(base), "methods": methods}
-        grid |= {"distributions": distributions, "seeds": seeds}
-        created = not out.exists()
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / GRID_FILE, to_json(grid, indent=2))
 
+
+def compare_in(
+    args: argparse.Namespace,
+    out: Path,
+    base: ExperimentConfig,
+    methods: list[str],
+    distributions: list[str],
+    seeds: list[int],
+) -> int:
+    """Run (or finish) the grid in `out`, whose lock the caller holds; write the tables."""
     console = Console(stderr=True, quiet=args.quiet)
     results: dict[str, dict[str, list[dict[str, Any]]]] = {
         m: {d: [] for d in distributions} for m in methods
@@ -156,11 +177,10 @@ def main(args: argparse.Namespace) -> int:
                 baselines.setdefault(seed, summary["baseline"])
     except FlexLoraError:
         # A config every cell shares fails in the first cell, before it writes anything:
-        # then the comparison leaves nothing behind either.
+        # then the comparison leaves nothing behind either (the lock removes the folder
+        # it made once it is empty).
         if args.resume is None and not (out / "cells").exists():
             (out / GRID_FILE).unlink(missing_ok=True)
-            if created:
-                out.rmdir()
         raise
     except KeyboardInterrupt:
         print(f"flexlora compare: to finish it: flexlora compare --resume {out}", file=sys.stderr)
@@ -181,14 +201,23 @@ def _run_cell(
 ) -> dict[str, Any]:
     """One cell's summary: read back when it finished earlier, else run (from its
     checkpoint when an interrupted comparison left one)."""
-    from flexlora.commands.progress import RichObserver
-    from flexlora.experiment import run_experiment
-    from flexlora.simulation import RunObserver
-
     summary_path = cell_dir / "summary.json"
     if summary_path.is_file():
         console.print(": done earlier")
         return dict(json.loads(summary_path.read_text()))
+    # a cell is a run folder: `run --resume` on it meanwhile would be a second writer
+    with run_lock(cell_dir):
+        remove_stale_temps(cell_dir)
+        return _run_cell_locked(cfg, cell_dir, label, console, quiet)
+
+
+def _run_cell_locked(
+    cfg: ExperimentConfig, cell_dir: Path, label: str, console: Console, quiet: bool
+) -> dict[str, Any]:
+    from flexlora.commands.progress import RichObserver
+    from flexlora.experiment import run_experiment
+    from flexlora.simulation import RunObserver
+
     checkpoint = read_checkpoint(cell_dir) if (cell_dir / CHECKPOINT).is_file() else None
     if checkpoint is not None and checkpoint.config != config_to_dict(cfg):
         raise FlexLoraError(f"--resume: {cell_dir} holds a run of another config")

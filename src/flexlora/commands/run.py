@@ -6,16 +6,21 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
-from flexlora.config import config_from_dict, load_config
+from flexlora.config import ExperimentConfig, config_from_dict, load_config
 from flexlora.errors import FlexLoraError
+
+if TYPE_CHECKING:
+    from flexlora.outputs import Checkpoint
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,8 +43,26 @@ def default_out_dir(prefix: str = "") -> Path:
 
 
 def check_out_dir(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    """A new run's folder is missing or empty (but for the lock this process holds)."""
+    from flexlora.runlock import LOCK_NAME
+
+    if out.exists() and (not out.is_dir() or any(p.name != LOCK_NAME for p in out.iterdir())):
         raise FlexLoraError(f"output directory {out} exists and is not empty")
+
+
+@contextlib.contextmanager
+def claim_out_dir(out: Path, *, resume: bool) -> Iterator[Path]:
+    """Hold the run folder's lock for the whole run: taken before anything is written (a
+    second writer is refused naming the first), with the temps a killed writer left
+    removed under it. A new run's folder must then be empty."""
+    from flexlora.atomic import remove_stale_temps
+    from flexlora.runlock import run_lock
+
+    with run_lock(out, create=not resume):
+        remove_stale_temps(out)
+        if not resume:
+            check_out_dir(out)
+        yield out
 
 
 def register(subparsers: Any) -> None:
@@ -58,32 +81,51 @@ def register(subparsers: Any) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from flexlora.commands.progress import RichObserver
-    from flexlora.experiment import run_experiment
-    from flexlora.outputs import CHECKPOINT, Checkpoint, read_checkpoint
-    from flexlora.simulation import RunObserver
+    from flexlora.assets import resolve_model_path
 
-    checkpoint: Checkpoint | None = None
     if args.resume is not None:
         if args.config or args.overrides or args.out:
             raise FlexLoraError(
                 "--resume takes the run's own config: give no CONFIG, --set or --out with it"
             )
         out = args.resume
-        checkpoint = read_checkpoint(out)
-        cfg = config_from_dict(checkpoint.config)
-        # all rounds done but no summary.json: a crash while writing the results, which
-        # resuming finishes; with summary.json there is nothing left to do
-        finished = (out / "summary.json").is_file()
-        if checkpoint.rounds_completed >= cfg.federation.rounds and finished:
-            raise FlexLoraError(
-                f"--resume: the run in {out} has already completed its "
-                f"{cfg.federation.rounds} rounds"
-            )
-    else:
-        cfg = load_config(args.config, args.overrides)
-        out = args.out or default_out_dir()
-        check_out_dir(out)
+        if not out.is_dir():
+            raise FlexLoraError(f"--resume: {out} is not a directory")
+        with claim_out_dir(out, resume=True):
+            cfg, checkpoint = read_resumable(out)
+            return run_in(args, out, cfg, checkpoint)
+    cfg = load_config(args.config, args.overrides)
+    resolve_model_path(cfg.model.path)  # a missing model folder: refused before any write
+    out = args.out or default_out_dir()
+    with claim_out_dir(out, resume=False):
+        return run_in(args, out, cfg, None)
+
+
+def read_resumable(out: Path) -> tuple[ExperimentConfig, Checkpoint]:
+    """The config and checkpoint of the unfinished run in `out`."""
+    from flexlora.outputs import read_checkpoint
+
+    checkpoint = read_checkpoint(out)
+    cfg = config_from_dict(checkpoint.config)
+    # all rounds done but no summary.json: a crash while writing the results, which
+    # resuming finishes; with summary.json there is nothing left to do
+    finished = (out / "summary.json").is_file()
+    if checkpoint.rounds_completed >= cfg.federation.rounds and finished:
+        raise FlexLoraError(
+            f"--resume: the run in {out} has already completed its {cfg.federation.rounds} rounds"
+        )
+    return cfg, checkpoint
+
+
+def run_in(
+    args: argparse.Namespace, out: Path, cfg: ExperimentConfig, checkpoint: Checkpoint | None
+) -> int:
+    """Run (or resume) `cfg` in `out`, whose lock the caller holds; print the summary."""
+    from flexlora.commands.progress import RichObserver
+    from flexlora.experiment import run_experiment
+    from flexlora.outputs import CHECKPOINT
+    from flexlora.simulation import RunObserver
+
     console = Console(stderr=True, quiet=args.quiet)
     try:
         if args.quiet:
