@@ -18,6 +18,8 @@ from flexlora.errors import FlexLoraError, InternalError
 
 # Subcommand modules, each exposing register(subparsers) that sets `func(args) -> int`.
 COMMANDS = ("run", "compare", "aggregate", "data")
+# The commands that load a transformers model (the others never import transformers).
+LOADS_MODELS = frozenset({"run", "compare"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,10 +52,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(message)s",
         stream=sys.stderr,
     )
-    # transformers draws its own bars while loading weights: the CLI owns the terminal.
-    from transformers.utils import logging as hf_logging
+    if args.command in LOADS_MODELS:
+        # transformers draws its own bars while loading weights: the CLI owns the terminal.
+        # Only commands that load a model pay for importing it (over a second).
+        from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
+        hf_logging.disable_progress_bar()
     # Noise the user can do nothing about: peft reads a property transformers deprecated,
     # and rouge-score announces its default tokenizer through absl's INFO log.
     warnings.filterwarnings(

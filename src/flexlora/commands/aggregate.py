@@ -19,26 +19,22 @@ import math
 import time
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import yaml
-
-from flexlora.aggregation.base import AggregationResult, TargetSpec
 from flexlora.atomic import remove_stale_temps
 from flexlora.errors import FlexLoraError
-from flexlora.lora import lora_scaling
-from flexlora.peft_io import (
-    PeftAdapter,
-    atomic_folder,
-    read_adapter,
-    write_adapter,
-    write_global_adapter,
-)
+
+# torch, yaml and everything that imports torch load when the command runs, not when
+# `flexlora --help` builds the parser (torch alone takes over a second to import).
+if TYPE_CHECKING:
+    import torch
+
+    from flexlora.aggregation.base import AggregationResult, TargetSpec
+    from flexlora.peft_io import PeftAdapter
 
 logger = logging.getLogger(__name__)
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+_DTYPE_NAMES = ("float32", "float64")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -73,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--dtype",
-        choices=tuple(_DTYPES),
+        choices=_DTYPE_NAMES,
         default="float32",
         help="compute dtype (adapters are written in float32)",
     )
@@ -93,7 +89,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_aggregate(args: argparse.Namespace) -> int:
     """Read, aggregate, write, report. Returns the exit status."""
+    import torch
+
     from flexlora.aggregation import get_aggregation  # the registry, imported when needed
+    from flexlora.peft_io import atomic_folder, read_adapter, write_adapter, write_global_adapter
 
     started = time.perf_counter()
     out: Path = args.out
@@ -108,7 +107,7 @@ def run_aggregate(args: argparse.Namespace) -> int:
     method = get_aggregation(args.method).aggregate
     options = method_options(args)
     device = resolve_device(args.device)
-    dtype = _DTYPES[args.dtype]
+    dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
 
     adapters = [read_adapter(folder) for folder in args.adapters]
     check_compatible(adapters)
@@ -217,6 +216,8 @@ def parse_ranks(text: str | None, count: int) -> list[int] | None:
 
 def parse_options(items: Sequence[str]) -> dict[str, Any]:
     """`KEY=VALUE` strings -> {KEY: VALUE parsed as YAML} (so 3 is an int, true a bool)."""
+    import yaml
+
     options: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
@@ -231,6 +232,8 @@ def parse_options(items: Sequence[str]) -> dict[str, Any]:
 
 def resolve_device(name: str) -> torch.device:
     """auto -> cuda when available, else cpu; cuda without a device is an error."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -265,6 +268,9 @@ def build_targets(
     With a new rank R the input's alpha is re-applied at R (alpha / R, or alpha / sqrt(R)
     with rsLoRA), as PEFT would scale a fresh adapter of rank R with the same config.
     """
+    from flexlora.aggregation.base import TargetSpec
+    from flexlora.lora import lora_scaling
+
     targets: dict[Hashable, TargetSpec] = {}
     for i, adapter in enumerate(adapters):
         if new_ranks is None:
@@ -385,6 +391,8 @@ def _finite_or_none(x: Any) -> float | None:
 
 def _jsonable(x: Any) -> Any:
     """Diagnostics -> plain JSON (tensors to lists, non-finite floats to None)."""
+    import torch  # already loaded by the aggregation; a dict lookup here
+
     if isinstance(x, torch.Tensor):
         return _jsonable(x.detach().cpu().tolist())
     if isinstance(x, Mapping):
