@@ -264,6 +264,35 @@ class EvalConfig:
 
 
 @dataclass
+class FlowerConfig:
+    """The Flower engine (`engine: flower`, or `flexlora run --engine flower`)."""
+
+    supernodes: int = 2
+    """SuperNodes of the Simulation Engine; the sampled clients are spread over them."""
+    client_cpus: float = 1.0
+    """CPUs each ClientApp reserves in the Simulation Engine."""
+    client_gpus: float = 0.0
+    """GPUs (or a fraction of one) each ClientApp reserves in the Simulation Engine."""
+    round_timeout: float = 3600.0
+    """Seconds the server waits for a round's replies; a node that has not answered by
+    then is left out of that round."""
+    transport_dtype: Literal["float32", "float16"] = "float32"
+    """Factors travel in this dtype (aggregation stays float32); float16 halves traffic."""
+
+    def __post_init__(self) -> None:
+        if self.supernodes < 1:
+            raise FlexLoraError(f"flower.supernodes must be >= 1, got {self.supernodes}")
+        if not (self.client_cpus > 0 and math.isfinite(self.client_cpus)):
+            raise FlexLoraError(f"flower.client_cpus must be positive, got {self.client_cpus}")
+        if not (self.client_gpus >= 0 and math.isfinite(self.client_gpus)):
+            raise FlexLoraError(f"flower.client_gpus must be >= 0, got {self.client_gpus}")
+        if not self.round_timeout > 0:
+            raise FlexLoraError(
+                f"flower.round_timeout must be positive, got {self.round_timeout}"
+            )
+
+
+@dataclass
 class ExperimentConfig:
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -274,6 +303,9 @@ class ExperimentConfig:
     method: str = "flexlora"
     method_options: dict[str, Any] = field(default_factory=dict)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    engine: Literal["in-process", "flower"] = "in-process"
+    """in-process: everything in this process; flower: Flower's Simulation Engine."""
+    flower: FlowerConfig = field(default_factory=FlowerConfig)
 
     def __post_init__(self) -> None:
         if self.seed < 0:

@@ -31,7 +31,7 @@ from flexlora.rounds import (
     initial_state,
     total_update,
 )
-from flexlora.simulation import InProcessEngine, RunObserver
+from flexlora.simulation import Engine, InProcessEngine, RunObserver
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ def run_experiment(
     observer: RunObserver | None = None,
     checkpoint: Checkpoint | None = None,
 ) -> ExperimentResult:
-    """Run `cfg` end to end and leave its results under `out_dir`.
+    """Run `cfg` end to end on its engine and leave its results under `out_dir`.
 
     After every round the server state is saved to `out_dir/checkpoint.pt`. Given that
     `checkpoint` (read back with `read_checkpoint`), the run goes on from the round after
@@ -194,9 +194,27 @@ def run_experiment(
     seeded from (seed, round, client id), never from state carried in memory.
     """
     observer = observer or RunObserver()
+    if cfg.engine == "flower":
+        from flexlora.flower.simulation import run_on_simulation_engine
+
+        validate_experiment(cfg)  # before Flower starts: a bad config costs nothing
+        return run_on_simulation_engine(cfg, out_dir, observer, checkpoint)
     started = time.perf_counter()
     prepared = prepare_experiment(cfg)
-    engine = prepared.engine
+    return drive_rounds(prepared, prepared.engine, out_dir, observer, checkpoint, started)
+
+
+def drive_rounds(
+    prepared: PreparedExperiment,
+    engine: Engine,
+    out_dir: Path,
+    observer: RunObserver,
+    checkpoint: Checkpoint | None,
+    started: float,
+) -> ExperimentResult:
+    """The run's loop, the same for every engine: start (or resume), score the base
+    model, run and checkpoint each round, write the results."""
+    cfg = engine.server.config
     state = initial_state(engine.server)
     seconds_before = 0.0
     if checkpoint is not None:

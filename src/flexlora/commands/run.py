@@ -71,6 +71,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--out", type=Path, help="output directory (default runs/<timestamp>)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument(
+        "--engine",
+        choices=["in-process", "flower"],
+        help="in-process (default), or flower: Flower's Simulation Engine with "
+        "flower.supernodes SuperNodes (needs the flower extra)",
+    )
+    parser.add_argument(
         "--resume",
         type=Path,
         metavar="DIR",
@@ -84,9 +90,10 @@ def main(args: argparse.Namespace) -> int:
     from flexlora.assets import resolve_model_path
 
     if args.resume is not None:
-        if args.config or args.overrides or args.out:
+        if args.config or args.overrides or args.out or args.engine:
             raise FlexLoraError(
-                "--resume takes the run's own config: give no CONFIG, --set or --out with it"
+                "--resume takes the run's own config: give no CONFIG, --set, --out or "
+                "--engine with it"
             )
         out = args.resume
         if not out.is_dir():
@@ -94,7 +101,12 @@ def main(args: argparse.Namespace) -> int:
         with claim_out_dir(out, resume=True):
             cfg, checkpoint = read_resumable(out)
             return run_in(args, out, cfg, checkpoint)
-    cfg = load_config(args.config, args.overrides)
+    engine = [f"engine={args.engine}"] if args.engine else []
+    cfg = load_config(args.config, [*args.overrides, *engine])
+    if cfg.engine == "flower":
+        from flexlora.flower import require_flower
+
+        require_flower()  # missing flwr: say how to install it before anything is written
     resolve_model_path(cfg.model.path)  # a missing model folder: refused before any write
     out = args.out or default_out_dir()
     with claim_out_dir(out, resume=False):
