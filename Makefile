@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 # The CPU wheel of torch, installed before anything else so that no dependency pulls CUDA.
 TORCH   ?= torch==2.13.0
 
-.PHONY: install run compare test lint bench clean
+.PHONY: install install-flower run compare test lint bench clean
 
 $(BIN)/flexlora: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -16,7 +16,14 @@ $(BIN)/flexlora: pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $(BIN)/flexlora
 
+# The Flower extra (flwr, Ray) only for what needs it: the tests and --engine flower.
+$(VENV)/.flower: $(BIN)/flexlora
+	$(BIN)/pip install -q -e ".[dev,flower]"
+	touch $(VENV)/.flower
+
 install: $(BIN)/flexlora
+
+install-flower: $(VENV)/.flower
 
 run: install
 	$(BIN)/flexlora run
@@ -24,12 +31,12 @@ run: install
 compare: install
 	$(BIN)/flexlora compare
 
-test: install
+test: install-flower
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
-lint: install
+lint: install-flower
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
