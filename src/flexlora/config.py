@@ -223,10 +223,19 @@ class RanksConfig:
     """Rank types: an int for every module, or a mapping module group / module name -> rank."""
     distribution: str | list[float] = "uniform"
     """uniform, heavy-tail-light, heavy-tail-strong, normal, extreme, or a probability a type."""
+    assign: dict[str, int] = field(default_factory=dict)
+    """Client id -> the index (from 0) of its rank type, for clients whose capacity is
+    known; the others draw theirs from the distribution."""
 
     def __post_init__(self) -> None:
         if not self.types:
             raise FlexLoraError("ranks.types must list at least one rank type")
+        for client, index in self.assign.items():
+            if not 0 <= index < len(self.types):
+                raise FlexLoraError(
+                    f"ranks.assign.{client}: {index} is not a rank type index "
+                    f"(0 to {len(self.types) - 1})"
+                )
         for t in self.types:
             values = t.values() if isinstance(t, dict) else [t]
             if any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in values):

@@ -199,11 +199,16 @@ class Server:
 
 
 def initial_state(server: Server) -> ServerState:
-    """Round 0: every seen client's rank class drawn from the distribution, fresh factors."""
+    """Round 0: every seen client's rank class drawn from the distribution (or given by
+    ranks.assign), fresh factors."""
     cfg = server.config
     probs = distribution_probabilities(cfg.ranks.distribution, len(cfg.ranks.types))
     assign_rng = np.random.default_rng(server.seed("rank-types"))
     type_of = assign_rank_types(list(server.client_ids), probs, assign_rng)
+    unknown = sorted(set(cfg.ranks.assign) - set(type_of))
+    if unknown:
+        raise FlexLoraError(f"ranks.assign names {unknown[0]!r}, which is not a seen client")
+    type_of.update(cfg.ranks.assign)  # drawn first all the same: the others keep their draw
     _, type_to_class = build_rank_classes(cfg.ranks.types, server.shapes)
     return ServerState(
         round=0,
@@ -211,6 +216,24 @@ def initial_state(server: Server) -> ServerState:
         class_factors=None,
         global_update=None,
     )
+
+
+def type_for_capacity(
+    types: Sequence[RankType], shapes: Mapping[str, tuple[int, int]], max_rank: int
+) -> int:
+    """The index of the largest rank type (by total rank) whose every module's rank, after
+    capping at the module's shape, is at most `max_rank`: what a client that declares it
+    can hold at most. FlexLoraError when not even the smallest type fits."""
+    fitting = []
+    for index, rank_type in enumerate(types):
+        ranks = resolve_rank_type(rank_type, shapes)
+        if max(ranks.values()) <= max_rank:
+            fitting.append((sum(ranks.values()), index))
+    if not fitting:
+        raise FlexLoraError(
+            f"a client declares max-rank {max_rank}, below every rank type in ranks.types"
+        )
+    return max(fitting)[1]
 
 
 def fresh_factors(server: Server, round_index: int) -> dict[str, dict[str, LoraFactors]]:

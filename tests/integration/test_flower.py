@@ -279,3 +279,55 @@ def test_run_on_the_simulation_engine_matches_in_process(tiny_model: Path, tmp_p
     assert (tmp_path / "flower" / "plots").is_dir()
     saved = (tmp_path / "flower" / "config.yaml").read_text()
     assert "engine: flower" in saved
+
+
+# -- deployment: one client per node, its own data and declared capacity -------------------
+
+
+def test_deployment_nodes_train_their_own_data_at_their_declared_capacity(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    # Prepare: two clients' files, exported; each node holds one and declares a capacity
+    exported = tmp_path / "exported"
+    sets = [a for s in quick(tiny_model, tmp_path / "cache") for a in ("--set", s)]
+    assert main(["data", "export", *sets, "--out", str(exported)]) == 0
+    seen = json.loads((exported / "clients.json").read_text())["seen"]
+    a, b = seen[0], seen[1]
+    two = tmp_path / "two-clients"
+    two.mkdir()
+    for cid in (a, b):
+        for split in ("training", "eval", "test"):
+            name = f"local_{split}_{cid}.json"
+            (two / name).write_text((exported / name).read_text())
+    common = [
+        *quick(tiny_model, tmp_path / "cache"),
+        "data.kind=flexlora-ni",
+        f"data.path={two}",
+        "federation.clients_per_round=2",
+        "eval.seen=true",
+    ]
+    profiles = {
+        1: client_app.NodeProfile(a, two / f"local_training_{a}.json", None, 3),  # -> rank 2
+        2: client_app.NodeProfile(b, two / f"local_training_{b}.json", 2, None),  # -> rank 8
+    }
+    cfg = load_config(None, common)
+
+    def handle(node: int, message: Message) -> Message:
+        if message.metadata.message_type == "query":
+            return client_app.profile_reply(message, profiles[node])
+        return client_app.train(message, cfg, profiles[node])
+
+    # Execute: the deployment, and in-process with the same rank assignment
+    serve(LocalGrid([1, 2], handle), cfg, tmp_path / "deployed", RunObserver(), None,
+          mode="deployment")  # fmt: skip
+    assigned = load_config(None, [*common, f"ranks.assign={{{a}: 0, {b}: 2}}"])
+    run_experiment(assigned, tmp_path / "local")
+
+    # Assert: each node trained at the rank it could hold, and the result is in-process's
+    records = [
+        json.loads(x) for x in (tmp_path / "deployed" / "metrics.jsonl").read_text().splitlines()
+    ]
+    for record in records:
+        assert record["ranks"] == {a: "rank-2", b: "rank-8"}
+        assert record["clients_failed"] == []
+    assert_same_global(tmp_path / "deployed", tmp_path / "local", rtol=1e-6)

@@ -183,3 +183,23 @@ def test_server_state_round_trips_through_torch_save(tmp_path) -> None:  # type:
     assert torch.equal(back.global_update["m"].A, state.global_update["m"].A)  # type: ignore[index]
     assert back.class_factors["rank-2"]["m"].scaling == 0.5  # type: ignore[index]
     assert torch.equal(back.merged[0]["m"].singular_values, torch.tensor([2.0]))  # type: ignore[arg-type]
+
+
+def test_a_declared_capacity_gets_the_largest_type_that_fits() -> None:
+    from flexlora.rounds import type_for_capacity
+
+    shapes = {"l.0.self_attn.q_proj": (16, 16), "l.0.mlp.up_proj": (40, 16)}
+    types: list = [2, {"attention": 4, "mlp": 8}, 8, {"attention": 16, "mlp": 2}]
+    assert type_for_capacity(types, shapes, 2) == 0
+    assert type_for_capacity(types, shapes, 7) == 0  # type 1 needs 8 on the MLP
+    assert type_for_capacity(types, shapes, 8) == 2  # 8 + 8 beats 4 + 8
+    assert type_for_capacity(types, shapes, 16) == 3  # 16 + 2 beats 8 + 8
+    with pytest.raises(FlexLoraError, match="max-rank 1, below every rank type"):
+        type_for_capacity(types, shapes, 1)
+
+
+def test_ranks_assign_refuses_an_index_outside_the_types() -> None:
+    from flexlora.config import load_config
+
+    with pytest.raises(FlexLoraError, match=r"ranks.assign.a: 3 is not a rank type index"):
+        load_config(None, ["ranks.types=[2, 4, 8]", "ranks.assign={a: 3}"])

@@ -3,12 +3,19 @@
 The first thing to run on a new dataset: the number of seen and unseen clients,
 examples per client (min / median / max per split), the category histogram (top 20,
 then "other") and the held-out clients, from the same config keys as `flexlora run`.
+
+`flexlora data export [CONFIG] [--set ...] --out DIR`: the federation as one folder of
+files per client, `local_{training,eval,test}_<id>.json` (the layout `data.kind:
+flexlora-ni` reads back) and `clients.json` ({"seen": [...], "unseen": [...]}): what a
+Flower SuperNode of a deployment reads as its own data (`data-path`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -16,6 +23,7 @@ from rich.table import Table
 
 from flexlora.config import load_config
 from flexlora.data.dataset import SPLITS, describe_dataset, load_federated_dataset
+from flexlora.errors import FlexLoraError
 
 MAX_IDS_SHOWN = 20
 
@@ -42,6 +50,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     inspect.set_defaults(func=inspect_command)
 
+    export = actions.add_parser(
+        "export", help="one folder of per-client JSON files (for Flower SuperNodes)"
+    )
+    export.add_argument("config", nargs="?", help="YAML config (default: the built-in defaults)")
+    export.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE"
+    )
+    export.add_argument("--out", type=Path, required=True, help="a new (or empty) folder")
+    export.set_defaults(func=export_command)
+
 
 def inspect_command(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
@@ -51,6 +69,31 @@ def inspect_command(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
     else:
         _print_summary(summary, Console())
+    return 0
+
+
+def export_command(args: argparse.Namespace) -> int:
+    from flexlora.atomic import atomic_folder
+
+    cfg = load_config(args.config, args.overrides)
+    dataset = load_federated_dataset(cfg.data, cfg.seed)
+    out: Path = args.out
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FlexLoraError(f"{out}: exists and is not an empty folder")
+    with atomic_folder(out, replace=out.exists()) as folder:
+        for client in [*dataset.seen.values(), *dataset.unseen.values()]:
+            for prefix, examples in (
+                ("training", client.train),
+                ("eval", client.eval),
+                ("test", client.test),
+            ):
+                records = [dataclasses.asdict(e) for e in examples]
+                (folder / f"local_{prefix}_{client.client_id}.json").write_text(
+                    json.dumps(records, ensure_ascii=False)
+                )
+        clients = {"seen": list(dataset.seen), "unseen": list(dataset.unseen)}
+        (folder / "clients.json").write_text(json.dumps(clients, indent=1))
+    print(f"{len(dataset.seen)} seen and {len(dataset.unseen)} unseen clients written to {out}")
     return 0
 
 

@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from flexlora.aggregation.base import AggregationResult
 from flexlora.config import ExperimentConfig
+from flexlora.errors import FlexLoraError
 from flexlora.experiment import ExperimentResult, drive_rounds, prepare_experiment
-from flexlora.flower.strategy import FlexLoraStrategy, NodeChooser, spread_over_nodes
+from flexlora.flower.client_app import NodeProfile
+from flexlora.flower.strategy import (
+    FlexLoraStrategy,
+    NodeChooser,
+    spread_over_nodes,
+    wait_for_nodes,
+)
 from flexlora.outputs import Checkpoint
-from flexlora.rounds import ServerState, initial_state
+from flexlora.rounds import Server, ServerState, initial_state, type_for_capacity
 from flexlora.simulation import Engine, RunObserver
 
 
@@ -58,22 +66,45 @@ def serve(
     observer: RunObserver,
     checkpoint: Checkpoint | None,
     *,
-    choose_node: NodeChooser = spread_over_nodes,
-    min_nodes: int | None = None,
+    mode: str = "simulation",
 ) -> ExperimentResult:
-    """The ServerApp's work: flexlora's run loop with a FlowerEngine."""
+    """The ServerApp's work: flexlora's run loop with a FlowerEngine.
+
+    mode "simulation": the nodes are interchangeable workers that hold the run's whole
+    dataset; the clients and their ranks come from the config, as in-process.
+    mode "deployment": each node is one client; the server asks every node for its
+    profile and assigns it the largest rank type within the capacity it declared.
+    """
     started = time.perf_counter()
     prepared = prepare_experiment(cfg)
     local = prepared.engine
+    server = local.server
+    choose_node: NodeChooser = spread_over_nodes
+    nodes = cfg.flower.supernodes
+    if mode == "deployment":
+        found = wait_for_nodes(grid, cfg.flower.supernodes, cfg.flower.round_timeout)
+        profiles = query_profiles(grid, found, cfg.flower.round_timeout)
+        node_of = {p.client_id: node for node, p in profiles.items()}
+        assign = {p.client_id: declared_type(p, cfg, prepared.shapes) for p in profiles.values()}
+        deployed = replace(cfg, ranks=replace(cfg.ranks, assign=assign))
+        server = Server.build(deployed, prepared.shapes, sorted(node_of))
+        nodes = len(found)
+
+        def choose_node(client_id: str, connected: Sequence[int], position: int) -> int:
+            return node_of[client_id]
+
+    elif mode != "simulation":
+        raise FlexLoraError(f"run config mode must be simulation or deployment, got {mode!r}")
     strategy = FlexLoraStrategy(
-        local.server,
-        initial_state(local.server),
+        server,
+        initial_state(server),
         choose_node=choose_node,
-        min_nodes=cfg.flower.supernodes if min_nodes is None else min_nodes,
+        min_nodes=nodes,
+        node_wait_seconds=cfg.flower.round_timeout,
         transport_dtype=cfg.flower.transport_dtype,
     )
     engine = FlowerEngine(
-        server=local.server,
+        server=server,
         client=local.client,
         dataset=local.dataset,
         evaluate=local.evaluate,
@@ -82,3 +113,49 @@ def serve(
         timeout=cfg.flower.round_timeout,
     )
     return drive_rounds(prepared, engine, out_dir, observer, checkpoint, started)
+
+
+def query_profiles(grid: Grid, nodes: Sequence[int], timeout: float) -> dict[int, NodeProfile]:
+    """node id -> the profile it declares (its client id, data path and capacity)."""
+    messages = [
+        Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY) for node in nodes
+    ]
+    profiles: dict[int, NodeProfile] = {}
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        node = reply.metadata.src_node_id
+        if reply.has_error():
+            raise FlexLoraError(f"SuperNode {node} gave no profile: {reply.error.reason}")
+        record = reply.content.config_records["profile"]
+        rank_type, max_rank = int(record["rank_type"]), int(record["max_rank"])  # type: ignore[arg-type]
+        profiles[node] = NodeProfile(
+            client_id=str(record["client_id"]),
+            data_path=Path(),  # the node's own: the server never reads it
+            rank_type=None if rank_type < 0 else rank_type,
+            max_rank=None if max_rank < 0 else max_rank,
+        )
+    missing = sorted(set(nodes) - set(profiles))
+    if missing:
+        raise FlexLoraError(f"SuperNode {missing[0]} did not answer the profile query")
+    ids = [p.client_id for p in profiles.values()]
+    twice = sorted({i for i in ids if ids.count(i) > 1})
+    if twice:
+        raise FlexLoraError(f"two SuperNodes declare client-id {twice[0]!r}")
+    return profiles
+
+
+def declared_type(
+    profile: NodeProfile, cfg: ExperimentConfig, shapes: dict[str, tuple[int, int]]
+) -> int:
+    """The rank type a node gets: the one it names, or the largest within its max-rank."""
+    if profile.rank_type is not None:
+        if not 0 <= profile.rank_type < len(cfg.ranks.types):
+            raise FlexLoraError(
+                f"node {profile.client_id}: rank-type {profile.rank_type} is not an index "
+                f"of ranks.types (0 to {len(cfg.ranks.types) - 1})"
+            )
+        return profile.rank_type
+    assert profile.max_rank is not None
+    try:
+        return type_for_capacity(cfg.ranks.types, shapes, profile.max_rank)
+    except FlexLoraError as e:
+        raise FlexLoraError(f"node {profile.client_id}: {e}") from e
