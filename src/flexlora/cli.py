@@ -59,11 +59,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         hf_logging.disable_progress_bar()
     # Noise the user can do nothing about: peft reads a property transformers deprecated,
-    # and rouge-score announces its default tokenizer through absl's INFO log.
+    # rouge-score announces its default tokenizer through absl's INFO log, and Flower's
+    # SuperLink database lists its migration plugins through alembic's.
     warnings.filterwarnings(
         "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
     )
     logging.getLogger("absl").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         return int(args.func(args))
     except FlexLoraError as e:

@@ -331,3 +331,33 @@ def test_deployment_nodes_train_their_own_data_at_their_declared_capacity(
         assert record["ranks"] == {a: "rank-2", b: "rank-8"}
         assert record["clients_failed"] == []
     assert_same_global(tmp_path / "deployed", tmp_path / "local", rtol=1e-6)
+
+
+class CrashAfterRound(RunObserver):
+    def __init__(self, round_index: int) -> None:
+        self.round_index = round_index
+
+    def round_done(self, record: Any) -> None:
+        if record["round"] == self.round_index:
+            raise KeyboardInterrupt  # as a Ctrl-C would, after the round's record
+
+
+def test_a_flower_run_resumes_and_ends_as_an_uninterrupted_one(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    from flexlora.outputs import read_checkpoint
+
+    cfg = config(tiny_model, tmp_path / "cache", "federation.rounds=3", "method=flora")
+    grid = LocalGrid([1, 2], lambda node, m: client_app.train(m, cfg))
+    serve(grid, cfg, tmp_path / "whole", RunObserver(), None)
+    with pytest.raises(KeyboardInterrupt):
+        serve(grid, cfg, tmp_path / "cut", CrashAfterRound(2), None)
+    checkpoint = read_checkpoint(tmp_path / "cut")
+    assert checkpoint.rounds_completed == 1  # round 2's record was not checkpointed
+    serve(grid, cfg, tmp_path / "cut", RunObserver(), checkpoint)
+
+    assert_same_global(tmp_path / "cut", tmp_path / "whole", rtol=0.0)
+    cut = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    whole = [json.loads(x) for x in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train_loss"] for r in cut] == [r["train_loss"] for r in whole]
+    assert len(cut) == 3

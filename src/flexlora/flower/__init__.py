@@ -20,6 +20,9 @@ from flexlora.errors import FlexLoraError
 # Everything flexlora starts of Flower runs without telemetry or update checks.
 os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
 os.environ["FLWR_DISABLE_UPDATE_CHECK"] = "1"
+# Ray's notice that it will stop hiding GPUs from actors that ask for none: we ask
+# explicitly (flower.client_gpus), so its future default is already ours.
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
 
 def require_flower() -> None:

@@ -20,6 +20,11 @@ from flexlora.simulation import RunObserver
 logger = logging.getLogger(__name__)
 
 
+class _RunSimulationNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "The `run_simulation` function is deprecated" not in record.getMessage()
+
+
 def run_on_simulation_engine(
     cfg: ExperimentConfig,
     out_dir: Path,
@@ -34,6 +39,14 @@ def run_on_simulation_engine(
     from flexlora.flower.client_app import make_client_app
     from flexlora.flower.engine import serve
 
+    # Flower's own progress lines would interleave with flexlora's; its warnings stay,
+    # but for the notice that run_simulation is deprecated in favour of `flwr run`,
+    # which flexlora offers too (flower/server_app.py).
+    if not logger.isEnabledFor(logging.DEBUG):
+        logging.getLogger("flwr").setLevel(logging.WARNING)
+    flwr_logger = logging.getLogger("flwr")
+    if not any(isinstance(f, _RunSimulationNotice) for f in flwr_logger.filters):
+        flwr_logger.addFilter(_RunSimulationNotice())
     outcome: dict[str, Any] = {}
     server_app = ServerApp()
 
