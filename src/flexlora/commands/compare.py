@@ -20,10 +20,7 @@ import json
 import statistics
 import sys
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from flexlora.atomic import atomic_write_text, remove_stale_temps
 from flexlora.commands.run import add_config_arguments, claim_out_dir, default_out_dir
@@ -32,6 +29,11 @@ from flexlora.errors import FlexLoraError
 from flexlora.outputs import CHECKPOINT, read_checkpoint, to_json
 from flexlora.ranks import DISTRIBUTION_NAMES
 from flexlora.runlock import run_lock
+
+# rich loads when output is printed, not when `flexlora --help` builds the parser.
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
 
 DEFAULT_METHODS = "fedit-min,fedit-max,zeropad,hetlora,flora,ffa,flexlora"
 DEFAULT_DISTRIBUTIONS = "uniform,heavy-tail-light"
@@ -151,6 +153,8 @@ def compare_in(
     seeds: list[int],
 ) -> int:
     """Run (or finish) the grid in `out`, whose lock the caller holds; write the tables."""
+    from rich.console import Console
+
     console = Console(stderr=True, quiet=args.quiet)
     results: dict[str, dict[str, list[dict[str, Any]]]] = {
         m: {d: [] for d in distributions} for m in methods
@@ -282,6 +286,8 @@ def _csv_cells(mean: float, std: float, seeds: int) -> list[str]:
 def results_table(
     results: dict[str, dict[str, list[dict[str, Any]]]], metric: str, seeds: int
 ) -> Table:
+    from rich.table import Table
+
     spread = "mean ± std over seeds" if seeds > 1 else "one seed"
     table = Table(title=f"{metric} on unseen clients ({spread})")
     distributions = list(next(iter(results.values())))

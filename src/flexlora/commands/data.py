@@ -16,14 +16,15 @@ import argparse
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from flexlora.config import load_config
-from flexlora.data.dataset import SPLITS, describe_dataset, load_federated_dataset
 from flexlora.errors import FlexLoraError
+
+# rich and the data pipeline (numpy, the sources) load when the command runs, not when
+# `flexlora --help` builds the parser.
+if TYPE_CHECKING:
+    from rich.console import Console
 
 MAX_IDS_SHOWN = 20
 
@@ -63,6 +64,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def inspect_command(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
+    from rich.console import Console
+
+    from flexlora.data.dataset import describe_dataset, load_federated_dataset
+
     summary = describe_dataset(load_federated_dataset(cfg.data, cfg.seed))
     summary["seed"] = cfg.seed
     if args.json:
@@ -76,6 +81,8 @@ def export_command(args: argparse.Namespace) -> int:
     from flexlora.atomic import atomic_folder
 
     cfg = load_config(args.config, args.overrides)
+    from flexlora.data.dataset import load_federated_dataset
+
     dataset = load_federated_dataset(cfg.data, cfg.seed)
     out: Path = args.out
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -109,6 +116,10 @@ def _print_summary(summary: dict[str, Any], console: Console) -> None:
     clients = summary["clients"]
     console.print(f"[bold]{summary['source']}[/bold] (seed {summary['seed']})")
     console.print(f"clients: {clients['seen']:,} seen, {clients['unseen']:,} unseen (held out)")
+
+    from rich.table import Table
+
+    from flexlora.data.dataset import SPLITS
 
     sizes = Table(title="examples per client")
     sizes.add_column("clients")

@@ -13,13 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
-
 from flexlora.config import ExperimentConfig, config_from_dict, load_config
 from flexlora.errors import FlexLoraError
 
+# rich loads when output is printed, not when `flexlora --help` builds the parser.
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from flexlora.outputs import Checkpoint
 
 
@@ -133,6 +133,8 @@ def run_in(
     args: argparse.Namespace, out: Path, cfg: ExperimentConfig, checkpoint: Checkpoint | None
 ) -> int:
     """Run (or resume) `cfg` in `out`, whose lock the caller holds; print the summary."""
+    from rich.console import Console
+
     from flexlora.commands.progress import RichObserver
     from flexlora.experiment import run_experiment
     from flexlora.outputs import CHECKPOINT
@@ -161,6 +163,8 @@ def _fmt(value: Any, digits: int = 2) -> str:
 
 def print_summary(console: Console, summary: dict[str, Any], out: Path) -> None:
     """A short table a newcomer can read: what improved, by how much, and where it is."""
+    from rich.table import Table
+
     table = Table(
         title=f"flexlora run · method {summary['method']} · {summary['rounds_completed']} rounds"
     )
