@@ -404,7 +404,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 def _build(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
     hints = get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(values) - names)
+    unknown = sorted(set(values) - names, key=str)  # YAML keys may be ints, dates, None
     if unknown:
         where = f"{prefix}." if prefix else ""
         raise FlexLoraError(

@@ -6,7 +6,16 @@ It subclasses ValueError so library callers can catch it as the usual bad-input 
 
 
 class FlexLoraError(ValueError):
-    """Bad input: a message that names the file, client or module at fault."""
+    """Bad input: a message that names the file, client or module at fault.
+
+    The message is one line whatever it quotes: a line break in a quoted key, path or
+    value (a YAML key may hold one) is written as `\\n`, so the CLI's one line stays one.
+    """
+
+    def __init__(self, message: object = "", *args: object) -> None:
+        if isinstance(message, str):
+            message = message.replace("\r", "\\r").replace("\n", "\\n")
+        super().__init__(message, *args)
 
 
 class InternalError(RuntimeError):

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import shutil
+import zipfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -279,6 +280,7 @@ def read_checkpoint(out_dir: Path) -> Checkpoint:
             "there): start the run again in an empty directory"
         )
     try:
+        _check_zip_checksums(path)
         saved = torch.load(path, map_location="cpu", weights_only=True)
         if saved.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"format {saved.get('format')!r}, expected {CHECKPOINT_FORMAT}")
@@ -291,6 +293,16 @@ def read_checkpoint(out_dir: Path) -> Checkpoint:
         raise FlexLoraError(f"--resume: {path} is unreadable ({type(e).__name__}: {reason})") from e
     read_metrics_lines(out_dir, checkpoint.rounds_completed)  # up front, before any loading
     return checkpoint
+
+
+def _check_zip_checksums(path: Path) -> None:
+    """ValueError naming the first member of a torch.save zip whose CRC-32 fails: torch.load
+    does not check them, and a flipped byte would otherwise resume silently on altered
+    weights or settings."""
+    with zipfile.ZipFile(path) as archive:
+        bad = archive.testzip()
+    if bad is not None:
+        raise ValueError(f"{bad} fails its checksum")
 
 
 def _final_metrics(evaluation: Mapping[str, Any]) -> dict[str, Any]:

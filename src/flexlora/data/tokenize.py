@@ -568,10 +568,17 @@ class TokenizedCache:
         if path.is_file():
             try:
                 splits = _read(path, cfg.train_on_inputs)
+                if sort_ids(list(splits)) != [c.client_id for c in _clients(dataset)]:
+                    raise ValueError("its clients are not the dataset's")
                 log.info("tokenised clients loaded from the cache %s", path)
                 return TokenizedDataset(splits, key, from_cache=True)
-            except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
-                log.warning("cache file %s is unreadable (%s): tokenising again", path, e)
+            except Exception as e:  # any damage (BadZipFile, EOFError ...): rebuilt, never fatal
+                log.warning(
+                    "cache file %s is unreadable (%s: %s): tokenising again",
+                    path,
+                    type(e).__name__,
+                    e,
+                )
         started = time.perf_counter()
         splits = tokenize_dataset(dataset, tokenizer, cfg)
         result = TokenizedDataset(splits, key, from_cache=False)
@@ -676,12 +683,40 @@ def _write(path: Path, splits: dict[str, dict[str, TokenizedSplit]], train_on_in
     log.info("cached tokenised clients in %s", path)
 
 
+def _check_arrays(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+    """ValueError unless the arrays of a cache file fit together (a damaged file that
+    still unzips must not hand out wrong tokens)."""
+    ids, offsets, prompts = arrays["ids"], arrays["offsets"], arrays["prompt_lengths"]
+    sizes, counts = arrays["split_sizes"], arrays["split_counts"]
+    clients = meta.get("clients")
+    if not isinstance(clients, list) or not all(isinstance(c, str) for c in clients):
+        raise ValueError("no client list")
+    n = len(prompts)
+    if (
+        ids.ndim != 1
+        or offsets.shape != (n + 1,)
+        or arrays["example_index"].shape != (n,)
+        or sizes.shape != (len(clients) * len(SPLITS),)
+        or counts.shape != (len(sizes), len(COUNT_KEYS))
+        or not all(a.dtype.kind in "iu" for a in (ids, offsets, prompts, sizes, counts))
+    ):
+        raise ValueError("arrays of the wrong shape or type")
+    lengths = np.diff(offsets)
+    if n and (offsets[0] != 0 or offsets[-1] != len(ids) or (lengths < 1).any()):
+        raise ValueError("inconsistent offsets")
+    if (prompts < 0).any() or (prompts > lengths).any() or (sizes < 0).any():
+        raise ValueError("inconsistent prompt lengths or split sizes")
+
+
 def _read(path: Path, train_on_inputs: bool) -> dict[str, dict[str, TokenizedSplit]]:
     with np.load(path, allow_pickle=False) as z:
         arrays = {name: z[name] for name in z.files}
     meta = json.loads(arrays["meta"].tobytes().decode())
+    if not isinstance(meta, dict):
+        raise ValueError("no metadata")
     if meta.get("format") != CACHE_FORMAT or meta.get("splits") != list(SPLITS):
         raise ValueError(f"cache format {meta.get('format')}, expected {CACHE_FORMAT}")
+    _check_arrays(arrays, meta)
     whole = TokenizedSplit(
         ids=arrays["ids"],
         offsets=arrays["offsets"],
