@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: a server or CI has no display
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 from flexlora.atomic import atomic_write
 
@@ -19,6 +20,13 @@ def _save(fig: Any, path: Path) -> None:
         atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
     finally:
         plt.close(fig)
+
+
+def _round_axis(ax: Any) -> None:
+    """An x axis of rounds: whole-number ticks only (matplotlib would put 0.5, 1.5, ...
+    between rounds on a short run)."""
+    ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def plot_run(
@@ -51,7 +59,7 @@ def plot_run(
                 xs, [p[1]["rougeL"] for p in points], style, marker="s", label=f"{split} Rouge-L"
             )
     for ax, title in ((ax_loss, "loss"), (ax_rouge, "Rouge-L")):
-        ax.set_xlabel("round")
+        _round_axis(ax)
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -74,7 +82,7 @@ def plot_run(
             ]
             series.append(sum(values) / len(values) if values else float("nan"))
         ax.plot(rounds, series, marker="o", label=c["key"])
-    ax.set_xlabel("round")
+    _round_axis(ax)
     ax.set_ylabel("1 - |T_r(dW)|² / |dW|²  (mean over modules)")
     ax.set_title("energy discarded by truncation")
     ax.grid(alpha=0.3)
