@@ -17,7 +17,7 @@ from flexlora import __version__
 from flexlora.errors import FlexLoraError, InternalError
 
 # Subcommand modules, each exposing register(subparsers) that sets `func(args) -> int`.
-COMMANDS = ("run", "compare", "aggregate", "data")
+COMMANDS = ("run", "compare", "aggregate", "data", "flower_local")
 # The commands that load a transformers model (the others never import transformers).
 LOADS_MODELS = frozenset({"run", "compare"})
 
