@@ -222,8 +222,12 @@ def test_compare_writes_table_two(tiny_model: Path, tmp_path: Path) -> None:
     rows = (out / "results.csv").read_text().splitlines()
     assert rows[0].startswith("metric,method,uniform mean")
     assert len(rows) == 1 + 2 * 3  # header + 2 metrics × (base model + 2 methods)
+    # the % improvement and paired-test tables, in results.md and results_stats.csv
+    assert "| flexlora vs fedit-min |" in text and "paired permutation test" in text
+    stats_rows = (out / "results_stats.csv").read_text().splitlines()
+    assert len(stats_rows) == 1 + 2 * 2  # header + 2 metrics × 2 columns (flexlora vs fedit-min)
     # fedit-min runs once per seed and fills both columns with the same figures
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((out / "results.json").read_text())["runs"]
     assert results["fedit-min"]["uniform"] == results["fedit-min"]["heavy-tail-light"]
     assert len(results["flexlora"]["uniform"]) == 2
     assert (out / "results.png").stat().st_size > 1000

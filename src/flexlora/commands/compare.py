@@ -19,6 +19,8 @@ import io
 import json
 import statistics
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +36,8 @@ from flexlora.runlock import run_lock
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
+
+    from flexlora.comparison_stats import PairedComparison
 
 DEFAULT_METHODS = "fedit-min,fedit-max,zeropad,hetlora,flora,ffa,flexlora"
 DEFAULT_DISTRIBUTIONS = "uniform,heavy-tail-light"
@@ -196,7 +200,12 @@ def compare_in(
     write_results(out, results, seeds)
     for metric in METRICS:
         Console().print(results_table(results, metric, len(seeds)))
-    Console().print(f"Results in {out}/ (results.md, results.csv, results.png, cells/)")
+        for table in statistics_tables(results, metric, len(seeds)):
+            Console().print(table)
+    Console().print(
+        f"Results in {out}/ (results.md, results.csv, results_stats.csv, results.json, "
+        "results.png, cells/)"
+    )
     return 0
 
 
@@ -257,9 +266,11 @@ def _mean_std(given: list[float | None]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def summarise(
-    results: dict[str, dict[str, list[dict[str, Any]]]], metric: str
-) -> dict[str, dict[str, tuple[float, float]]]:
+Results = dict[str, dict[str, list[dict[str, Any]]]]
+"""row -> distribution -> one final-metrics record per seed, in seed order."""
+
+
+def summarise(results: Results, metric: str) -> dict[str, dict[str, tuple[float, float]]]:
     return {
         m: {d: _mean_std([r.get(metric) for r in runs]) for d, runs in row.items()}
         for m, row in results.items()
@@ -271,6 +282,58 @@ BASE_ROW = "base model"
 
 # Metrics of the comparison and the decimals they are shown with (Rouge-L is 0-100).
 METRICS = {"unseen_rougeL": 2, "unseen_loss": 3}
+HIGHER_IS_BETTER = {"unseen_rougeL": True, "unseen_loss": False}
+
+PAIRED_BASELINES: dict[str, str] = {"flexlora": "fedit-min"}
+"""Each "recipe + FlexLoRA" row -> its homogeneous recipe row, for the % improvement table
+and the paired test. A later recipe pair (e.g. "fedavg+flexlora": "fedavg-min") is one
+entry here."""
+
+REFERENCE_ROW = "fedit-min"
+"""Every heterogeneous method is also tested against FedIT at the smallest rank: the
+bucket-effect baseline that heterogeneous ranks are meant to beat."""
+
+
+@dataclass(frozen=True)
+class MetricStatistics:
+    """One metric's statistics over the grid: the marked best row and the paired tests,
+    per distribution column."""
+
+    best: dict[str, str | None]
+    comparisons: dict[str, list[PairedComparison]]
+
+
+def grid_statistics(results: Results, seeds: int) -> dict[str, MetricStatistics]:
+    """Per metric: the best row of each column (marked only when its lead exceeds the
+    spread) and every (method, baseline) comparison, runs paired by seed."""
+    from flexlora.comparison_stats import comparison_pairs, marked_best, paired_comparison
+
+    rows = [m for m in results if m != BASE_ROW]  # a reference, not a contender
+    homogeneous = {*(m for m in rows if m in HOMOGENEOUS), *PAIRED_BASELINES.values()}
+    pairs = comparison_pairs(rows, PAIRED_BASELINES, REFERENCE_ROW, homogeneous)
+    distributions = list(next(iter(results.values())))
+    out: dict[str, MetricStatistics] = {}
+    for metric in METRICS:
+        higher = HIGHER_IS_BETTER[metric]
+        means = summarise(results, metric)
+        best = {
+            d: marked_best({m: means[m][d] for m in rows}, higher, seeds) for d in distributions
+        }
+        comparisons: dict[str, list[PairedComparison]] = {}
+        for d in distributions:
+            found = (
+                paired_comparison(
+                    m,
+                    b,
+                    [r.get(metric) for r in results[m][d]],
+                    [r.get(metric) for r in results[b][d]],
+                    higher,
+                )
+                for m, b in pairs
+            )
+            comparisons[d] = [c for c in found if c is not None]
+        out[metric] = MetricStatistics(best, comparisons)
+    return out
 
 
 def _cell(mean: float, std: float, seeds: int, digits: int) -> str:
@@ -283,36 +346,219 @@ def _csv_cells(mean: float, std: float, seeds: int) -> list[str]:
     return [f"{mean:.4f}", f"{std:.4f}" if seeds > 1 else ""]
 
 
-def results_table(
-    results: dict[str, dict[str, list[dict[str, Any]]]], metric: str, seeds: int
-) -> Table:
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.1f}%"
+
+
+def _p_value(c: PairedComparison) -> str:
+    if c.p_value is None:
+        return f"n/a ({c.pairs} seed)"
+    return "< 0.001" if c.p_value < 0.001 else f"{c.p_value:.3g}"  # 0.0625 in full
+
+
+def _difference(c: PairedComparison, digits: int) -> str:
+    """'Δ ± std of the differences, p' of one comparison."""
+    spread = "" if c.std_difference is None else f" ± {c.std_difference:.{digits}f}"
+    return f"{c.mean_difference:+.{digits}f}{spread}, p {_p_value(c)}"
+
+
+def _test_name(stats: dict[str, MetricStatistics]) -> str:
+    from flexlora.comparison_stats import paired_test_name
+
+    pairs = [c.pairs for s in stats.values() for cs in s.comparisons.values() for c in cs]
+    return paired_test_name(max(pairs, default=0))
+
+
+MARK_RULE = (
+    "★ marks the best mean of a column only when its lead over the second best exceeds "
+    "the larger of their two stds over seeds (never with one seed)"
+)
+
+
+def _direction(metric: str) -> str:
+    return "higher is better" if HIGHER_IS_BETTER[metric] else "lower is better"
+
+
+def _improvement_caption(metric: str) -> str:
+    formula = "(method − baseline)" if HIGHER_IS_BETTER[metric] else "(baseline − method)"
+    return (
+        f"{formula} / |baseline| · 100 on the means over seeds ({_direction(metric)}; "
+        "positive: the method is better)."
+    )
+
+
+def _test_caption(metric: str, test: str, seeds: int) -> str:
+    paired = (
+        "Each seed's two runs are paired: the same seed draws the same data suite and "
+        "partition for both."
+    )
+    if seeds < 2:  # no spread to show and nothing to test: say so rather than print ± 0
+        return (
+            f"Δ = method − baseline on the one seed ({_direction(metric)}); p: two-sided "
+            f"{test}, which needs two seeds or more. {paired}"
+        )
+    return (
+        f"Δ = mean over seeds of (method − baseline) ± std of the paired differences "
+        f"({_direction(metric)}); p: two-sided {test}. {paired}"
+    )
+
+
+def results_table(results: Results, metric: str, seeds: int) -> Table:
     from rich.table import Table
 
+    best = grid_statistics(results, seeds)[metric].best
     spread = "mean ± std over seeds" if seeds > 1 else "one seed"
-    table = Table(title=f"{metric} on unseen clients ({spread})")
+    table = Table(title=f"{metric} on unseen clients ({spread})", caption=MARK_RULE)
     distributions = list(next(iter(results.values())))
     table.add_column("method")
     for d in distributions:
         table.add_column(d, justify="right")
     for m, row in summarise(results, metric).items():
-        table.add_row(m, *(_cell(*row[d], seeds, METRICS[metric]) for d in distributions))
+        cells = [_cell(*row[d], seeds, METRICS[metric]) for d in distributions]
+        cells = [
+            f"[bold]{c} ★[/bold]" if best[d] == m else c
+            for c, d in zip(cells, distributions, strict=True)
+        ]
+        table.add_row(m, *cells)
     return table
 
 
-def write_results(
-    out: Path, results: dict[str, dict[str, list[dict[str, Any]]]], seeds: list[int]
-) -> None:
+def _statistics_sections(
+    metric: str, stats: dict[str, MetricStatistics]
+) -> list[tuple[str, str, list[tuple[str, list[str]]]]]:
+    """(title, caption, rows) of a metric's % improvement table (paired rows only) and
+    paired-test table (every comparison); a table without rows is left out."""
+    ours = stats[metric]
+    distributions = list(ours.comparisons)
+    by_pair = [{(c.method, c.baseline): c for c in ours.comparisons[d]} for d in distributions]
+    keys = list(dict.fromkeys(key for found in by_pair for key in found))  # grid order
+    paired = [key for key in keys if PAIRED_BASELINES.get(key[0]) == key[1]]
+    keys_pairs = [c.pairs for found in by_pair for c in found.values()]
+
+    def rows(
+        chosen: list[tuple[str, str]], show: Callable[[PairedComparison], str]
+    ) -> list[tuple[str, list[str]]]:
+        return [
+            (f"{m} vs {b}", [show(f[(m, b)]) if (m, b) in f else "n/a" for f in by_pair])
+            for m, b in chosen
+        ]
+
+    digits = METRICS[metric]
+    sections = [
+        (
+            f"{metric}: % improvement over the homogeneous baseline",
+            _improvement_caption(metric),
+            rows(paired, lambda c: _percent(c.improvement_pct)),
+        ),
+        (
+            f"{metric}: paired differences over seeds",
+            _test_caption(metric, _test_name(stats), max(keys_pairs, default=0)),
+            rows(keys, lambda c: _difference(c, digits)),
+        ),
+    ]
+    return [section for section in sections if section[2]]
+
+
+def statistics_tables(results: Results, metric: str, seeds: int) -> list[Table]:
+    """The console's % improvement and paired-test tables of a metric."""
+    from rich.table import Table
+
+    stats = grid_statistics(results, seeds)
+    distributions = list(next(iter(results.values())))
+    tables: list[Table] = []
+    for title, caption, rows in _statistics_sections(metric, stats):
+        table = Table(title=title, caption=caption)
+        table.add_column("method vs baseline")
+        for d in distributions:
+            table.add_column(d, justify="right")
+        for label, cells in rows:
+            table.add_row(label, *cells)
+        tables.append(table)
+    return tables
+
+
+def _markdown_statistics(metric: str, stats: dict[str, MetricStatistics]) -> list[str]:
+    """results.md's % improvement and paired-test tables of one metric."""
+    distributions = list(stats[metric].comparisons)
+    lines: list[str] = []
+    for title, caption, rows in _statistics_sections(metric, stats):
+        lines += [
+            f"### {title}",
+            "",
+            "| method vs baseline | " + " | ".join(distributions) + " |",
+            "|---|" + "---:|" * len(distributions),
+        ]
+        lines += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in rows]
+        lines += ["", caption, ""]
+    return lines
+
+
+STATS_CSV_HEADER = [
+    "metric", "distribution", "method", "baseline", "seeds", "method_mean", "baseline_mean",
+    "improvement_pct", "mean_difference", "std_difference", "p_value", "test",
+]  # fmt: skip
+
+
+def _stats_csv(stats: dict[str, MetricStatistics]) -> str:
+    """results_stats.csv: one row per metric × distribution × (method, baseline); an
+    empty field where a figure does not exist (one seed: no std, no p-value)."""
+    from flexlora.comparison_stats import paired_test_name
+
+    def number(value: float | None) -> str:
+        return "" if value is None else f"{value:.6g}"
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(STATS_CSV_HEADER)
+    for metric, ours in stats.items():
+        for d, found in ours.comparisons.items():
+            for c in found:
+                writer.writerow(
+                    [
+                        metric, d, c.method, c.baseline, c.pairs,
+                        f"{c.method_mean:.6g}", f"{c.baseline_mean:.6g}",
+                        number(c.improvement_pct), f"{c.mean_difference:.6g}",
+                        number(c.std_difference), number(c.p_value),
+                        paired_test_name(c.pairs) if c.p_value is not None else "",
+                    ]
+                )  # fmt: skip
+    return buffer.getvalue()
+
+
+def _stats_json(stats: dict[str, MetricStatistics]) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return {
+        metric: {
+            "higher_is_better": HIGHER_IS_BETTER[metric],
+            "test": _test_name(stats),
+            "best": ours.best,
+            "best_rule": MARK_RULE,
+            "comparisons": {d: [asdict(c) for c in cs] for d, cs in ours.comparisons.items()},
+        }
+        for metric, ours in stats.items()
+    }
+
+
+def write_results(out: Path, results: Results, seeds: list[int]) -> None:
+    """results.md, results.csv, results_stats.csv, results.json and results.png."""
     from flexlora.plots import plot_comparison
 
+    stats = grid_statistics(results, len(seeds))
     distributions = list(next(iter(results.values())))
     lines = [f"# flexlora compare (seeds {', '.join(map(str, seeds))})", ""]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(
-        ["metric", "method", *[f"{d} {s}" for d in distributions for s in ("mean", "std")]]
+        [
+            "metric",
+            "method",
+            *[f"{d} {s}" for d in distributions for s in ("mean", "std", "best")],
+        ]
     )
     for metric, digits in METRICS.items():
         table = summarise(results, metric)
+        best = stats[metric].best
         lines += [
             f"## {metric}",
             "",
@@ -321,10 +567,23 @@ def write_results(
         ]
         for m, row in table.items():
             cells = [_cell(*row[d], len(seeds), digits) for d in distributions]
+            cells = [
+                f"**{c}** ★" if best[d] == m else c
+                for c, d in zip(cells, distributions, strict=True)
+            ]
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
-            csv_cells = [c for d in distributions for c in _csv_cells(*row[d], len(seeds))]
+            csv_cells = [
+                c
+                for d in distributions
+                for c in [
+                    *_csv_cells(*row[d], len(seeds)),
+                    # empty where no mark can be given (one seed, the reference row)
+                    "" if len(seeds) < 2 or m == BASE_ROW else str(best[d] == m).lower(),
+                ]
+            ]
             writer.writerow([metric, m, *csv_cells])
-        lines.append("")
+        lines += ["", f"{MARK_RULE}.", ""]
+        lines += _markdown_statistics(metric, stats)
     lines.append(
         "fedit-min / fedit-max: every client at the smallest / largest rank type; "
         "one run per seed fills every column."
@@ -333,5 +592,7 @@ def write_results(
         lines.append(f"{BASE_ROW}: the pretrained model before any round, scored the same way.")
     atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
     atomic_write_text(out / "results.csv", buffer.getvalue())
-    atomic_write_text(out / "results.json", to_json(results, indent=2))
+    atomic_write_text(out / "results_stats.csv", _stats_csv(stats))
+    record = {"seeds": seeds, "runs": results, "statistics": _stats_json(stats)}
+    atomic_write_text(out / "results.json", to_json(record, indent=2))
     plot_comparison(out / "results.png", summarise(results, "unseen_rougeL"), "unseen Rouge-L")
