@@ -76,20 +76,23 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
 
 
-@pytest.fixture
-def deployment(tmp_path: Path, clients: tuple[Path, list[str]]) -> Iterator[LocalDeployment]:
+@pytest.fixture(scope="module")
+def deployment(
+    tmp_path_factory: pytest.TempPathFactory, clients: tuple[Path, list[str]]
+) -> Iterator[LocalDeployment]:
+    """The SuperLink and the two SuperNodes, up for the module's tests."""
     folder, ids = clients
     nodes = [
         NodeSpec({"client-id": cid, "data-path": str(folder / f"local_training_{cid}.json"),
                   "max-rank": cap})
         for cid, cap in zip(ids, CAPACITY, strict=True)
     ]  # fmt: skip
-    running = LocalDeployment(tmp_path / "flower", nodes, ready_timeout=90, grace=5)
+    running = LocalDeployment(tmp_path_factory.mktemp("flower"), nodes, ready_timeout=90, grace=5)
     try:
         running.start()
         yield running
     finally:
-        running.stop()  # every process, also when start() or the test failed
+        running.stop()  # every process, also when start() or a test failed
         assert not running._processes
 
 
@@ -140,3 +143,18 @@ def test_two_supernodes_train_at_their_declared_ranks_and_match_in_process(
         scale = float(expected.norm())
         assert scale > 0, module
         assert float((there[module] - expected).norm()) <= 1e-4 * scale, module
+
+
+def test_a_supernode_whose_key_is_not_registered_is_refused(
+    deployment: LocalDeployment,
+) -> None:
+    stranger = deployment.add_node(NodeSpec({"client-id": "stranger", "max-rank": 8}),
+                                   register=False)  # fmt: skip
+    try:
+        code = stranger.wait(timeout=60)
+    finally:
+        if stranger.poll() is None:
+            stranger.kill()
+            stranger.wait()
+    assert code != 0
+    assert len(deployment.online_nodes()) == 2

@@ -383,13 +383,19 @@ class LocalDeployment:
         self._write_cli_config(certs.ca)
         self._start_superlink(certs)
         self._wait_for_superlink()
-        keys = [make_node_key(self.workdir / "keys", f"node{i}") for i in range(len(self.nodes))]
-        if self.auth:
-            for _, public in keys:
-                self._register(public)
-        for i, (spec, (private, _)) in enumerate(zip(self.nodes, keys, strict=True)):
-            self._start_supernode(i, spec, certs.ca, private if self.auth else None)
+        for spec in self.nodes:
+            self.add_node(spec)
         self.wait_until_online(len(self.nodes))
+
+    def add_node(self, spec: NodeSpec, *, register: bool = True) -> subprocess.Popen[bytes]:
+        """Start one more SuperNode, its key registered first (with authentication on)
+        unless `register` is False: the SuperLink then refuses it and it exits."""
+        index = sum(p.name.startswith("supernode-") for p in self._processes)
+        private, public = make_node_key(self.workdir / "keys", f"node{index}")
+        if self.auth and register:
+            self._register(public)
+        key = private if self.auth else None
+        return self._start_supernode(index, spec, self.workdir / "certs" / "ca.crt", key)
 
     def stop(self) -> None:
         """End every process this deployment started and their descendants: the
@@ -448,7 +454,9 @@ class LocalDeployment:
             command.append("--enable-supernode-auth")
         self._spawn("superlink", self.workdir / "superlink", command)
 
-    def _start_supernode(self, index: int, spec: NodeSpec, ca: Path, key: Path | None) -> None:
+    def _start_supernode(
+        self, index: int, spec: NodeSpec, ca: Path, key: Path | None
+    ) -> subprocess.Popen[bytes]:
         command = [
             flower_command("flower-supernode"),
             "--superlink", self.address,
@@ -459,7 +467,8 @@ class LocalDeployment:
         ]  # fmt: skip
         if key is not None:
             command += ["--auth-supernode-private-key", str(key)]
-        self._spawn(f"supernode-{index}-{spec.name}", self.workdir / f"supernode-{index}", command)
+        name, home = f"supernode-{index}-{spec.name}", self.workdir / f"supernode-{index}"
+        return self._spawn(name, home, command).popen
 
     def _check_alive(self) -> None:
         for process in self._processes:
