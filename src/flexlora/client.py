@@ -1,7 +1,7 @@
 """One client's round: `local_update(host, task) -> reply`. Knows nothing of the server.
 
 The task carries everything a client needs (its id, the round, its rank class and
-per-module ranks, its start factors, a seed, the method and its options); the reply
+per-module ranks, its start factors, a seed, the recipe and its options); the reply
 carries everything it sends back (trained factors, number of examples, loss, tokens,
 seconds, the ranks it keeps) or a failure and its reason. Every engine, in-process or
 Flower, runs exactly this function; `train_client` is its inner loop.
@@ -9,6 +9,7 @@ Flower, runs exactly this function; `train_client` is its inner loop.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -23,7 +24,7 @@ from flexlora.adapters import AdapterHost
 from flexlora.config import FederationConfig
 from flexlora.data.tokenize import TokenizedExample, TokenizedSplit, collate
 from flexlora.lora import LoraFactors
-from flexlora.methods import Regularizer, get_federated_method, zero_tail
+from flexlora.methods import Regularizer, recipe_named, zero_tail
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +45,9 @@ class ClientTask:
     """Module -> the factors the client starts from, at its class's ranks."""
     seed: int
     """Orders the batches and seeds dropout; derived from (run seed, round, client id)."""
-    method: str
-    method_options: dict[str, Any] = field(default_factory=dict)
+    recipe: str
+    """How the client trains (flexlora.methods.RECIPES)."""
+    recipe_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -92,11 +94,14 @@ def local_update(host: ClientHost, task: ClientTask) -> ClientReply:
     try:
         if not examples:
             raise ValueError("no training examples on this client")
-        method = get_federated_method(task.method)
-        options = method.options(task.method_options)
+        recipe = recipe_named(task.recipe)
+        options = recipe.options(task.recipe_options)
         start = {n: zero_tail(f, task.ranks[n]) for n, f in task.start.items()}
         host.adapters.load(task.rank_class, start)
-        params = host.adapters.activate(task.rank_class, freeze_A=method.freeze_A)
+        params = host.adapters.activate(task.rank_class, freeze_A=recipe.freeze_A)
+        federation = host.federation
+        if recipe.optimizer is not None:  # FedIT trains with AdamW, FedAvg with SGD
+            federation = dataclasses.replace(federation, optimizer=recipe.optimizer)
         device = host.device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(task.seed)  # dropout only, scoped: the caller's RNG is restored
@@ -104,16 +109,16 @@ def local_update(host: ClientHost, task: ClientTask) -> ClientReply:
                 host.adapters.model,
                 params,
                 examples,
-                host.federation,
+                federation,
                 pad_id=host.pad_id,
                 generator=torch.Generator().manual_seed(task.seed),
                 device=device,
-                regularizer=method.regularizer(
+                regularizer=recipe.regularizer(
                     options, host.adapters.factor_pairs(task.rank_class)
                 ),
             )
         trained = host.adapters.read(task.rank_class)
-        factors, ranks = method.after_training(options, start, trained, task.ranks)
+        factors, ranks = recipe.after_training(options, start, trained, task.ranks)
         bad = next((n for n, f in factors.items() if not _finite(f)), None)
         if bad is not None:
             raise FloatingPointError(f"the trained factors of {bad} are not finite")

@@ -310,7 +310,13 @@ class ExperimentConfig:
     federation: FederationConfig = field(default_factory=FederationConfig)
     ranks: RanksConfig = field(default_factory=RanksConfig)
     method: str = "flexlora"
+    """A method name (flexlora, fedit, zeropad, hetlora, flora, ffa, florist, fedex) or a
+    RECIPE+AGGREGATION pair (e.g. fedavg+flexlora; recipes: local, fedit, fedavg,
+    hetlora, ffa)."""
     method_options: dict[str, Any] = field(default_factory=dict)
+    """The aggregation's options (with a single method name, the recipe's too)."""
+    recipe_options: dict[str, Any] = field(default_factory=dict)
+    """The recipe's options, for a RECIPE+AGGREGATION method."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     engine: Literal["in-process", "flower"] = "in-process"
     """in-process: everything in this process; flower: Flower's Simulation Engine."""

@@ -80,7 +80,7 @@ def validate_experiment(cfg: ExperimentConfig) -> None:
     from flexlora.ranks import distribution_probabilities
 
     method = get_federated_method(cfg.method)
-    method.resolve_options(cfg.method_options, cfg.seed)
+    method.resolve_options(cfg.method_options, cfg.recipe_options, cfg.seed)
     distribution_probabilities(cfg.ranks.distribution, len(cfg.ranks.types))
     if method.single_rank and len({str(t) for t in cfg.ranks.types}) > 1:
         raise FlexLoraError(

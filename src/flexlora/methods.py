@@ -1,25 +1,35 @@
-"""Federated methods as objects: the one registry the engines ask.
+"""Federated methods as objects: a client-side recipe paired with a server-side aggregation.
 
-A method pairs the server's aggregation (a pure function from flexlora.aggregation) with
-what it needs from a client's round: whether A is frozen, how the start factors' A is
-drawn, a regulariser added to the local loss, and a step after training (HETLoRA's rank
-self-pruning). Engines read these capabilities and hooks; they never compare names.
+The paper plugs FlexLoRA into existing recipes ("FedIT + FlexLoRA", "SLoRA + FlexLoRA"),
+so a method is two parts chosen apart:
+- a **recipe** (this module): how a client trains its round — the local optimiser
+  (FedIT: AdamW; FedAvg: SGD), HETLoRA's regulariser and rank self-pruning, FFA-LoRA's
+  frozen shared A, SLoRA's sparse first stage;
+- an **aggregation** (flexlora.aggregation): how the server combines the replies —
+  homogeneous averaging, zero-padding, HETLoRA's weights, FlexLoRA, FLoRA, FLoRIST,
+  FedEx-LoRA.
 
-Every hook is called with the method's parsed options, so a client that knows only the
-task it was sent (the method's name and its options) runs the same code as the server.
+`method: RECIPE+AGGREGATION` (e.g. `slora+flexlora`, `fedavg+zeropad`) names a pair; a
+single name is a method as its paper runs it (`flexlora`: the local optimiser of
+`federation.optimizer`, AdamW by default, with FlexLoRA's aggregation; `hetlora`: the
+HETLoRA recipe with HETLoRA's aggregation; `ffa`: FFA-LoRA's). Engines read the
+objects' capabilities and hooks; they never compare names. The recipe's hooks are
+called with its parsed options, so a client that knows only its task (the recipe's name
+and options) runs the same code as the server.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from flexlora.aggregation import get_aggregation
-from flexlora.aggregation.base import AggregateFn
+from flexlora.aggregation import Aggregation, get_aggregation
 from flexlora.aggregation.common import parse_options, stable_seed
 from flexlora.errors import FlexLoraError
 from flexlora.lora import LoraFactors
@@ -31,26 +41,58 @@ Regularizer = Callable[[], Tensor]
 
 
 @dataclass(frozen=True)
-class Method:
-    """A method with nothing to add on the client: plain local LoRA training."""
+class NoOptions:
+    """A recipe without options."""
+
+
+@dataclass(frozen=True)
+class HetLoraRecipeOptions:
+    """HETLoRA's client side (Cho et al., EMNLP 2024)."""
+
+    gamma: float = 0.99
+    """Decay ratio γ in (0, 1]: pruning keeps ⌊γ r⌋ components; the regulariser hits the rest."""
+    reg_lambda: float = 0.0
+    """Weight λ of the tail-norm regulariser in the local loss (0: off, and no pruning)."""
+    min_rank: int = 1
+    """Self-pruning never goes below this rank."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.gamma <= 1.0:
+            raise FlexLoraError(f"hetlora: gamma must be in (0, 1], got {self.gamma}")
+        if not (self.reg_lambda >= 0.0 and math.isfinite(self.reg_lambda)):
+            raise FlexLoraError(
+                f"hetlora: reg_lambda must be finite and >= 0, got {self.reg_lambda}"
+            )
+        if self.min_rank < 1:
+            raise FlexLoraError(f"hetlora: min_rank must be >= 1, got {self.min_rank}")
+
+
+@dataclass(frozen=True)
+class FfaRecipeOptions:
+    """FFA-LoRA's client side (Sun et al., ICLR 2024)."""
+
+    seed: int | None = None
+    """The seed of the shared frozen A (`ffa_shared_A`); None: derived from the run seed."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A client's round: local LoRA training with this optimiser and nothing more."""
 
     name: str
-    single_rank: bool = False
-    """Every client must train one and the same rank (the aggregation averages factors)."""
+    optimizer: Literal["adamw", "sgd"] | None = None
+    """The local optimiser; None: federation.optimizer."""
     freeze_A: bool = False
     """Clients train B only; A stays at the shared start (FFA-LoRA)."""
-
-    @property
-    def aggregate(self) -> AggregateFn:
-        return get_aggregation(self.name).aggregate
+    options_type: type = NoOptions
 
     def options(self, raw: Mapping[str, Any]) -> Any:
-        """The method's options dataclass from a plain mapping (FlexLoraError if bad)."""
-        return parse_options(get_aggregation(self.name).options, raw, self.name)
+        """The recipe's options dataclass from a plain mapping (FlexLoraError if bad)."""
+        return parse_options(self.options_type, raw, f"recipe {self.name}")
 
     def resolve_options(self, raw: Mapping[str, Any], run_seed: int) -> dict[str, Any]:
-        """The plain options a run hands to the aggregation and to every client: the
-        user's, plus any the method derives from the run's seed."""
+        """The plain options every client gets: the user's, plus any derived from the
+        run's seed."""
         self.options(raw)  # validate now, before anything runs
         return dict(raw)
 
@@ -76,15 +118,16 @@ class Method:
 
 
 @dataclass(frozen=True)
-class FfaMethod(Method):
-    """FFA-LoRA: A frozen at a shared seeded draw, only B trains and is averaged."""
+class FfaRecipe(Recipe):
+    """FFA-LoRA: A frozen at a shared seeded draw, only B trains."""
 
     def resolve_options(self, raw: Mapping[str, Any], run_seed: int) -> dict[str, Any]:
         # Every A is drawn with ffa_shared_A from this seed, and the aggregation is told it:
         # a class above the largest rank sampled in a round then gets its further shared
         # rows regenerated, not zero rows it could never train (A is frozen).
         resolved = dict(raw)
-        resolved.setdefault("seed", stable_seed("ffa-shared-A", run_seed))
+        if resolved.get("seed") is None:
+            resolved["seed"] = stable_seed("ffa-shared-A", run_seed)
         self.options(resolved)
         return resolved
 
@@ -97,11 +140,10 @@ class FfaMethod(Method):
 
 
 @dataclass(frozen=True)
-class HetLoraMethod(Method):
+class HetLoraRecipe(Recipe):
     """HETLoRA: a tail-norm regulariser in the local loss, then rank self-pruning.
 
-    Both run only with reg_lambda > 0; with 0 the method is zero-padding with its
-    sparsity weights on the server.
+    Both run only with reg_lambda > 0; with 0 the recipe is plain local training.
     """
 
     def regularizer(self, options: Any, pairs: FactorPairs) -> Regularizer | None:
@@ -154,26 +196,104 @@ def zero_tail(f: LoraFactors, rank: int) -> LoraFactors:
     return LoraFactors(B=B, A=A, scaling=f.scaling)
 
 
-METHODS: dict[str, Method] = {
-    m.name: m
-    for m in (
-        Method("flexlora"),
-        Method("fedit", single_rank=True),
-        Method("zeropad"),
-        HetLoraMethod("hetlora"),
-        Method("flora"),
-        FfaMethod("ffa", freeze_A=True),
-        Method("florist"),
-        Method("fedex", single_rank=True),
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in (
+        Recipe("local"),  # federation.optimizer: what a single method name trains with
+        Recipe("fedit", optimizer="adamw"),
+        Recipe("fedavg", optimizer="sgd"),
+        HetLoraRecipe("hetlora", options_type=HetLoraRecipeOptions),
+        FfaRecipe("ffa", freeze_A=True, options_type=FfaRecipeOptions),
     )
 }
 
+# A single method name: the recipe its paper runs it with.
+NAMED: dict[str, str] = {
+    "flexlora": "local",
+    "fedit": "local",
+    "zeropad": "local",
+    "hetlora": "hetlora",
+    "flora": "local",
+    "ffa": "ffa",
+    "florist": "local",
+    "fedex": "local",
+}
+
+
+@dataclass(frozen=True)
+class Method:
+    """A recipe and an aggregation, checked to work together."""
+
+    name: str
+    recipe: Recipe
+    aggregation: Aggregation
+    shared_options: bool
+    """A single method name: one `method_options` mapping feeds both parts."""
+
+    @property
+    def single_rank(self) -> bool:
+        """Every client must train one and the same rank."""
+        return self.aggregation.single_rank
+
+    def resolve_options(
+        self, method_options: Mapping[str, Any], recipe_options: Mapping[str, Any], seed: int
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(recipe options, aggregation options) as a run hands them out, validated.
+
+        With a single method name the recipe takes its own keys from `method_options`
+        (HETLoRA's gamma, FFA's seed); the aggregation's options class accepts them too.
+        """
+        if self.shared_options:
+            if recipe_options:
+                raise FlexLoraError(
+                    f"recipe_options are for a RECIPE+AGGREGATION method; {self.name} takes "
+                    "all its options in method_options"
+                )
+            fields = {f.name for f in dataclasses.fields(self.recipe.options_type)}
+            recipe_options = {k: v for k, v in method_options.items() if k in fields}
+        recipe = self.recipe.resolve_options(recipe_options, seed)
+        aggregation = dict(method_options)
+        if self.aggregation.shared_A:  # the aggregation regenerates A from the recipe's seed
+            aggregation["seed"] = recipe["seed"]
+        parse_options(self.aggregation.options, aggregation, self.aggregation.name)
+        return recipe, aggregation
+
 
 def get_federated_method(name: str) -> Method:
-    """The method called `name`; FlexLoraError listing the known ones otherwise."""
-    try:
-        return METHODS[name]
-    except KeyError:
+    """`RECIPE+AGGREGATION` or a single method name; FlexLoraError for an unknown part or
+    a pair that cannot work together, saying why."""
+    if "+" in name:
+        recipe_name, _, aggregation_name = name.partition("+")
+        shared = False
+    elif name in NAMED:
+        recipe_name, aggregation_name, shared = NAMED[name], name, True
+    else:
         raise FlexLoraError(
-            f"unknown method {name!r}; known methods: {', '.join(sorted(METHODS))}"
-        ) from None
+            f"unknown method {name!r}; known methods: {', '.join(sorted(NAMED))}, or "
+            f"RECIPE+AGGREGATION with a recipe of {', '.join(sorted(RECIPES))}"
+        )
+    if recipe_name not in RECIPES:
+        raise FlexLoraError(
+            f"method {name}: unknown recipe {recipe_name!r} (known: {', '.join(sorted(RECIPES))})"
+        )
+    recipe = RECIPES[recipe_name]
+    aggregation = get_aggregation(aggregation_name)
+    if aggregation.shared_A and not recipe.freeze_A:
+        raise FlexLoraError(
+            f"method {name}: the {aggregation.name} aggregation averages B over an A every "
+            "client keeps frozen; pair it with the ffa recipe"
+        )
+    if recipe.freeze_A and not aggregation.shared_A:
+        raise FlexLoraError(
+            f"method {name}: the {recipe.name} recipe freezes A, but the {aggregation.name} "
+            "aggregation hands clients a new A each round; pair it with the ffa aggregation"
+        )
+    return Method(name, recipe, aggregation, shared)
+
+
+def recipe_named(name: str) -> Recipe:
+    """A recipe by name (what a client's task carries)."""
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise FlexLoraError(f"unknown recipe {name!r}") from None

@@ -155,8 +155,10 @@ class Server:
     client_ids: Sequence[str]
     """The seen clients, sampled from."""
     method: Method
-    method_options: Mapping[str, Any]
-    """The method's options as every client and the aggregation get them."""
+    recipe_options: Mapping[str, Any]
+    """The recipe's options, as every client gets them."""
+    aggregation_options: Mapping[str, Any]
+    """The aggregation's options."""
 
     @classmethod
     def build(
@@ -172,13 +174,17 @@ class Server:
                 f"method {method.name} trains one homogeneous rank: give a single rank type "
                 "(e.g. --set 'ranks.types=[8]')"
             )
+        recipe_options, aggregation_options = method.resolve_options(
+            config.method_options, config.recipe_options, config.seed
+        )
         return cls(
             config=config,
             shapes=dict(shapes),
             classes=classes,
             client_ids=sorted(client_ids),
             method=method,
-            method_options=method.resolve_options(config.method_options, config.seed),
+            recipe_options=recipe_options,
+            aggregation_options=aggregation_options,
         )
 
     def class_ranks(self, key: str) -> dict[str, int]:
@@ -246,8 +252,8 @@ def fresh_factors(server: Server, round_index: int) -> dict[str, dict[str, LoraF
     """
     max_ranks = {n: max(c.ranks[n] for c in server.classes) for n in server.shapes}
     generator = torch.Generator().manual_seed(server.seed("init", round_index))
-    options = server.method.options(server.method_options)
-    chosen_A = server.method.initial_A(server.shapes, max_ranks, options)
+    recipe = server.method.recipe
+    chosen_A = recipe.initial_A(server.shapes, max_ranks, recipe.options(server.recipe_options))
     widest: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for name in sorted(server.shapes):  # sorted: the draw order must not depend on dict order
         out_f, in_f = server.shapes[name]
@@ -298,8 +304,8 @@ def make_tasks(server: Server, state: ServerState, client_ids: Sequence[str]) ->
                 ranks={n: own.get(n, r) for n, r in server.class_ranks(key).items()},
                 start=dict(starts[key]),
                 seed=server.seed("train", state.round + 1, client_id),
-                method=server.method.name,
-                method_options=dict(server.method_options),
+                recipe=server.method.recipe.name,
+                recipe_options=dict(server.recipe_options),
             )
         )
     return tasks
@@ -392,7 +398,8 @@ def aggregate_round(
     }
     updates = [r.factors for r in accepted if r.factors is not None]
     weights = [float(r.num_examples) for r in accepted]
-    result = server.method.aggregate(updates, weights, targets, server.method_options)
+    aggregate = server.method.aggregation.aggregate
+    result = aggregate(updates, weights, targets, server.aggregation_options)
 
     client_ranks = dict(state.client_ranks)
     for reply in accepted:

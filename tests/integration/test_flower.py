@@ -113,7 +113,7 @@ def test_task_and_reply_survive_the_wire_exactly() -> None:
         "rank-2",
         2**62 + 5,
     )
-    assert back.ranks == task.ranks and back.method_options == task.method_options
+    assert back.ranks == task.ranks and back.recipe_options == task.recipe_options
     for name, f in start.items():
         assert torch.equal(back.start[name].B, f.B) and torch.equal(back.start[name].A, f.A)
         assert back.start[name].scaling == f.scaling

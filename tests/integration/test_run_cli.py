@@ -151,7 +151,7 @@ def test_ffa_keeps_every_class_on_the_shared_frozen_A(
     with caplog.at_level("WARNING"):
         assert run_cli(["run", "--quiet", "--out", str(out), *set_args(sets)]) == 0
     assert not [r for r in caplog.records if "zero rows added" in r.getMessage()]
-    seed = get_federated_method("ffa").resolve_options({}, 0)["seed"]  # default for seed 0
+    seed = get_federated_method("ffa").resolve_options({}, {}, 0)[0]["seed"]  # default for seed 0
     sampled = {cls for r in read_jsonl(out / "metrics.jsonl") for cls in r["ranks"].values()}
     assert sampled != {"rank-2", "rank-4", "rank-8"}  # the case this test is about
     for rank in (2, 4, 8):

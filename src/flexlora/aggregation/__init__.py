@@ -20,24 +20,28 @@ from flexlora.errors import FlexLoraError
 
 @dataclass(frozen=True)
 class Aggregation:
-    """One server-side method: its function and its options dataclass."""
+    """One server-side method: its function, its options dataclass, what it assumes."""
 
     name: str
     aggregate: AggregateFn
     options: type
+    single_rank: bool = False
+    """It averages factors: every client must hold one and the same rank."""
+    shared_A: bool = False
+    """It averages B over an A every client keeps frozen at a shared seeded draw."""
 
 
 AGGREGATIONS: dict[str, Aggregation] = {
     a.name: a
     for a in (
         Aggregation("flexlora", flexlora.aggregate, flexlora.FlexLoraOptions),
-        Aggregation("fedit", fedit.aggregate, fedit.FedItOptions),
+        Aggregation("fedit", fedit.aggregate, fedit.FedItOptions, single_rank=True),
         Aggregation("zeropad", zeropad.aggregate, zeropad.ZeroPadOptions),
         Aggregation("hetlora", hetlora.aggregate, hetlora.HetLoraOptions),
         Aggregation("flora", flora.aggregate, flora.FloraOptions),
-        Aggregation("ffa", ffa.aggregate, ffa.FfaOptions),
+        Aggregation("ffa", ffa.aggregate, ffa.FfaOptions, shared_A=True),
         Aggregation("florist", florist.aggregate, florist.FloristOptions),
-        Aggregation("fedex", fedex.aggregate, fedex.FedExOptions),
+        Aggregation("fedex", fedex.aggregate, fedex.FedExOptions, single_rank=True),
     )
 }
 

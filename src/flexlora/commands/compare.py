@@ -41,7 +41,24 @@ if TYPE_CHECKING:
 
 DEFAULT_METHODS = "fedit-min,fedit-max,zeropad,hetlora,flora,ffa,flexlora"
 DEFAULT_DISTRIBUTIONS = "uniform,heavy-tail-light"
-HOMOGENEOUS = {"fedit-min": min, "fedit-max": max}
+HOMOGENEOUS_ENDS = {"min": min, "max": max}
+"""`RECIPE-min` / `RECIPE-max`: that recipe with homogeneous averaging, every client at the
+smallest / largest rank type (the bucket effect); `fedit-min` is FedIT as its paper runs
+it, `fedavg-min` FedAvg with SGD, and so on for every recipe."""
+
+
+def homogeneous_row(name: str) -> tuple[str, Any] | None:
+    """(method, min or max) of a homogeneous row name, or None for an ordinary method."""
+    recipe, _, end = name.rpartition("-")
+    if not recipe or end not in HOMOGENEOUS_ENDS:
+        return None
+    return ("fedit" if recipe == "fedit" else f"{recipe}+fedit"), HOMOGENEOUS_ENDS[end]
+
+
+def is_homogeneous(name: str) -> bool:
+    return homogeneous_row(name) is not None
+
+
 GRID_FILE = "compare.json"
 """The comparison's grid and base config, written when it begins (for --resume)."""
 
@@ -94,10 +111,11 @@ def cell_config(
 
     ranks = replace(base.ranks, distribution=distribution)
     name = method
-    if method in HOMOGENEOUS:
-        chosen = HOMOGENEOUS[method](base.ranks.types, key=_rank_size)
-        ranks = replace(base.ranks, types=[chosen], distribution="uniform")
-        name = "fedit"
+    row = homogeneous_row(method)
+    if row is not None:
+        name, pick = row
+        chosen = pick(base.ranks.types, key=_rank_size)
+        ranks = replace(base.ranks, types=[chosen], distribution="uniform", assign={})
     return replace(base, method=name, ranks=ranks, seed=seed)
 
 
@@ -137,13 +155,15 @@ def main(args: argparse.Namespace) -> int:
 
 def check_grid(base: ExperimentConfig, methods: list[str], distributions: list[str]) -> None:
     """Every method and distribution of the grid is known."""
-    from flexlora.methods import METHODS
+    from flexlora.methods import get_federated_method
     from flexlora.ranks import distribution_probabilities
 
     for m in methods:
-        if m not in METHODS and m not in HOMOGENEOUS:
-            known = ", ".join([*HOMOGENEOUS, *METHODS])
-            raise FlexLoraError(f"unknown method {m!r} in --methods (known: {known})")
+        row = homogeneous_row(m)
+        try:
+            get_federated_method(row[0] if row else m)
+        except FlexLoraError as e:
+            raise FlexLoraError(f"--methods {m}: {e} (or RECIPE-min / RECIPE-max)") from None
     for d in distributions:
         distribution_probabilities(d, len(base.ranks.types))  # raises on an unknown name
 
@@ -169,17 +189,17 @@ def compare_in(
         for m in methods
         for d in distributions
         for s in seeds
-        if not (m in HOMOGENEOUS and d != distributions[0])
+        if not (is_homogeneous(m) and d != distributions[0])
     ]
     try:
         for i, (method, dist, seed) in enumerate(cells, 1):
             cfg = cell_config(base, method, dist, seed)
-            label = method if method in HOMOGENEOUS else f"{method}/{dist}"
-            column = "all" if method in HOMOGENEOUS else dist
+            label = method if is_homogeneous(method) else f"{method}/{dist}"
+            column = "all" if is_homogeneous(method) else dist
             cell_dir = out / "cells" / method / column / f"seed{seed}"
             console.print(f"[{i}/{len(cells)}] {label} seed {seed}", end="")
             summary = _run_cell(cfg, cell_dir, label, console, args.quiet)
-            for target in distributions if method in HOMOGENEOUS else [dist]:
+            for target in distributions if is_homogeneous(method) else [dist]:
                 results[method][target].append(summary["final"])
             if summary.get("baseline"):  # the same base model in every cell of a seed
                 baselines.setdefault(seed, summary["baseline"])
@@ -309,7 +329,7 @@ def grid_statistics(results: Results, seeds: int) -> dict[str, MetricStatistics]
     from flexlora.comparison_stats import comparison_pairs, marked_best, paired_comparison
 
     rows = [m for m in results if m != BASE_ROW]  # a reference, not a contender
-    homogeneous = {*(m for m in rows if m in HOMOGENEOUS), *PAIRED_BASELINES.values()}
+    homogeneous = {*(m for m in rows if is_homogeneous(m)), *PAIRED_BASELINES.values()}
     pairs = comparison_pairs(rows, PAIRED_BASELINES, REFERENCE_ROW, homogeneous)
     distributions = list(next(iter(results.values())))
     out: dict[str, MetricStatistics] = {}

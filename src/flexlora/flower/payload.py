@@ -86,8 +86,8 @@ def encode_task(
             "ranks": json.dumps(task.ranks),
             "scalings": json.dumps({n: f.scaling for n, f in task.start.items()}),
             "seed": task.seed,
-            "method": task.method,
-            "method_options": json.dumps(task.method_options),
+            "recipe": task.recipe,
+            "recipe_options": json.dumps(task.recipe_options),
             "merged": len(merged),
         }
     )
@@ -106,8 +106,8 @@ def decode_task(content: RecordDict) -> tuple[ClientTask, list[dict[str, GlobalU
         ranks={n: int(r) for n, r in json.loads(str(config["ranks"])).items()},
         start=decode_factors(content.array_records["start"], scalings),
         seed=int(config["seed"]),  # type: ignore[arg-type]
-        method=str(config["method"]),
-        method_options=json.loads(str(config["method_options"])),
+        recipe=str(config["recipe"]),
+        recipe_options=json.loads(str(config["recipe_options"])),
     )
     merged = decode_base(content.array_records["base"], int(config["merged"]))  # type: ignore[arg-type]
     return task, merged
