@@ -23,11 +23,13 @@ import ipaddress
 import json
 import logging
 import os
+import queue
 import shlex
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -209,13 +211,14 @@ class NodeSpec:
     @classmethod
     def parse(cls, text: str) -> NodeSpec:
         """`client-id=a data-path=/x/a.json max-rank=4` (shell quoting allowed):
-        integers and floats become numbers, true/false booleans, the rest strings."""
+        integers and floats become numbers, true/false booleans, the rest (and always
+        client-id and data-path) strings."""
         config: dict[str, NodeValue] = {}
         for part in shlex.split(text):
             key, sep, raw = part.partition("=")
             if not sep or not key:
                 raise FlexLoraError(f"node config {text!r}: {part!r} is not KEY=VALUE")
-            config[key] = _node_value(raw)
+            config[key] = _node_value(key, raw)
         if not config:
             raise FlexLoraError("node config: empty")
         return cls(config)
@@ -243,12 +246,20 @@ class NodeSpec:
         return " ".join(parts)
 
 
-def _node_value(raw: str) -> NodeValue:
+STRING_KEYS = frozenset({"client-id", "data-path"})
+"""Node config keys whose values stay strings even when they look like numbers."""
+
+
+def _node_value(key: str, raw: str) -> NodeValue:
+    # a number only when it reads back the same: client "007" keeps its zeros
+    if key in STRING_KEYS:
+        return raw
     if raw in ("true", "false"):
         return raw == "true"
     for kind in (int, float):
         with contextlib.suppress(ValueError):
-            return kind(raw)
+            if str(kind(raw)) == raw:
+                return kind(raw)
     return raw
 
 
@@ -564,28 +575,37 @@ class LocalDeployment:
             flower_command("flwr"), "run", str(app or app_dir()), CONNECTION,
             "--run-config", str(overrides), "--stream",
         ]  # fmt: skip
-        run_id: int | None = None
-        deadline = time.monotonic() + timeout
-        with subprocess.Popen(
+        streaming = subprocess.Popen(
             command,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             env=flower_env(self.cli_home),
             cwd=self.workdir,
-        ) as streaming:
-            try:
-                assert streaming.stdout is not None
-                for line in streaming.stdout:
-                    run_id = run_id or _started_run(line)
-                    if echo is not None:
-                        echo(line.rstrip("\n"))
-                    if time.monotonic() > deadline:
-                        raise FlexLoraError(f"the run took over {timeout:.0f} s")
-                streaming.wait()
-            finally:
-                if streaming.poll() is None:
-                    _end([streaming.pid], self.grace)
+        )
+        lines: queue.Queue[str | None] = queue.Queue()
+        # a reader thread, so that a run that goes quiet still meets its deadline
+        threading.Thread(target=_read_lines, args=(streaming, lines), daemon=True).start()
+        run_id: int | None = None
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                try:
+                    line = lines.get(timeout=max(left, 0.0))
+                except queue.Empty:
+                    if run_id is not None:
+                        self.flwr("stop", str(run_id), CONNECTION)
+                    raise FlexLoraError(f"the run took over {timeout:.0f} s") from None
+                if line is None:
+                    break
+                run_id = run_id or _started_run(line)
+                if echo is not None:
+                    echo(line.rstrip("\n"))
+        finally:
+            if streaming.poll() is None:
+                _end([streaming.pid], self.grace)
+            streaming.wait()
         if run_id is None:
             raise FlexLoraError("flwr run started no run (see its output above)")
         return self.run_status(run_id)
@@ -600,6 +620,14 @@ class LocalDeployment:
             if status.startswith("finished") or time.monotonic() > deadline:
                 return RunOutcome(run_id, status, str(run.get("status-details", "")))
             time.sleep(0.5)
+
+
+def _read_lines(process: subprocess.Popen[str], lines: queue.Queue[str | None]) -> None:
+    """Every line `process` prints, then None."""
+    assert process.stdout is not None
+    for line in process.stdout:
+        lines.put(line)
+    lines.put(None)
 
 
 def _started_run(line: str) -> int | None:
