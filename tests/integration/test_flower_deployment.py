@@ -87,7 +87,9 @@ def deployment(
                   "max-rank": cap})
         for cid, cap in zip(ids, CAPACITY, strict=True)
     ]  # fmt: skip
-    running = LocalDeployment(tmp_path_factory.mktemp("flower"), nodes, ready_timeout=90, grace=5)
+    # one torch thread per process: both SuperNodes train at once, on as few as 2 cores
+    running = LocalDeployment(tmp_path_factory.mktemp("flower"), nodes, ready_timeout=90,
+                              grace=5, env={"OMP_NUM_THREADS": "1"})  # fmt: skip
     try:
         running.start()
         yield running

@@ -359,6 +359,8 @@ class LocalDeployment:
     grace: float = 10.0
     port: int = 0
     """The SuperLink's port (Fleet, Control and Runtime API in one): 0 picks a free one."""
+    env: Mapping[str, str] = field(default_factory=dict)
+    """More environment for every Flower process, e.g. OMP_NUM_THREADS."""
     _processes: list[_Process] = field(default_factory=list)
 
     @property
@@ -443,7 +445,7 @@ class LocalDeployment:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env=flower_env(home),
+                env={**flower_env(home), **self.env},
                 cwd=self.workdir,
                 start_new_session=True,
             )
