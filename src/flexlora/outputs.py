@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 CHECKPOINT_FORMAT = 2  # 2: draws seeded by (round, client id), no sampler state
+RUN_PLOTS = ("metrics.png", "rank_distribution.png", "truncation_energy.png")
+"""What plots.plot_run writes under plots/, last of a run's results."""
 
 
 def atomic_torch_save(path: Path, obj: Any) -> None:

@@ -113,15 +113,25 @@ def main(args: argparse.Namespace) -> int:
         return run_in(args, out, cfg, None)
 
 
-def read_resumable(out: Path) -> tuple[ExperimentConfig, Checkpoint]:
-    """The config and checkpoint of the unfinished run in `out`."""
-    from flexlora.outputs import read_checkpoint
+def read_resumable(out: Path) -> tuple[ExperimentConfig, Checkpoint | None]:
+    """The config and checkpoint of the unfinished run in `out`; no checkpoint for a run
+    stopped before its round-0 checkpoint (it starts again from round 1)."""
+    from flexlora.config import read_config_file
+    from flexlora.outputs import CHECKPOINT, METRICS, RUN_PLOTS, read_checkpoint
 
+    config_file, metrics = out / "config.yaml", out / METRICS
+    no_round = not metrics.is_file() or metrics.stat().st_size == 0
+    if not (out / CHECKPOINT).exists() and config_file.is_file() and no_round:
+        # stopped between writing its config and its first checkpoint (nothing computed
+        # yet): the same run again, from round 1
+        return config_from_dict(read_config_file(config_file)), None
     checkpoint = read_checkpoint(out)
     cfg = config_from_dict(checkpoint.config)
-    # all rounds done but no summary.json: a crash while writing the results, which
-    # resuming finishes; with summary.json there is nothing left to do
-    finished = (out / "summary.json").is_file()
+    # all rounds done but no summary.json or plots: a stop while writing the results,
+    # which resuming finishes; with all of them there is nothing left to do
+    finished = (out / "summary.json").is_file() and all(
+        (out / "plots" / name).is_file() for name in RUN_PLOTS
+    )
     if checkpoint.rounds_completed >= cfg.federation.rounds and finished:
         raise FlexLoraError(
             f"--resume: the run in {out} has already completed its {cfg.federation.rounds} rounds"
