@@ -178,6 +178,11 @@ class AdapterHost:
             for n, layer in self._layers.items()
         }
 
+    def base_weights(self) -> dict[str, nn.Parameter]:
+        """The frozen base weight (out, in) of every target module (SLoRA's sparse stage
+        trains some of its entries)."""
+        return {name: layer.base_layer.weight for name, layer in self._layers.items()}
+
     # -- the global model -----------------------------------------------------------
 
     def set_global(self, update: Mapping[str, GlobalUpdate] | None) -> None:

@@ -9,16 +9,17 @@ Flower, runs exactly this function; `train_client` is its inner loop.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from flexlora.adapters import AdapterHost
 from flexlora.config import FederationConfig
@@ -48,6 +49,10 @@ class ClientTask:
     recipe: str
     """How the client trains (flexlora.methods.RECIPES)."""
     recipe_options: dict[str, Any] = field(default_factory=dict)
+    sparse: dict[str, Tensor] | None = None
+    """SLoRA's sparse stage: module -> the accumulated sparse update at the shared mask's
+    entries (k,), which the client adds to its base weights and trains; None in a LoRA
+    round (then `start` holds the factors)."""
 
 
 @dataclass
@@ -65,10 +70,12 @@ class ClientReply:
     seconds: float = 0.0
     error: str | None = None
     """Why the client has no update (training raised, the loss became non-finite, ...)."""
+    sparse: dict[str, Tensor] | None = None
+    """SLoRA's sparse stage: module -> the client's sparse update at the mask's entries."""
 
     @property
     def ok(self) -> bool:
-        return self.error is None and self.factors is not None
+        return self.error is None and (self.factors is not None or self.sparse is not None)
 
 
 @dataclass
@@ -96,15 +103,24 @@ def local_update(host: ClientHost, task: ClientTask) -> ClientReply:
             raise ValueError("no training examples on this client")
         recipe = recipe_named(task.recipe)
         options = recipe.options(task.recipe_options)
-        start = {n: zero_tail(f, task.ranks[n]) for n, f in task.start.items()}
-        host.adapters.load(task.rank_class, start)
-        params = host.adapters.activate(task.rank_class, freeze_A=recipe.freeze_A)
         federation = host.federation
         if recipe.optimizer is not None:  # FedIT trains with AdamW, FedAvg with SGD
             federation = dataclasses.replace(federation, optimizer=recipe.optimizer)
-        device = host.device
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(task.seed)  # dropout only, scoped: the caller's RNG is restored
+        if task.sparse is not None:
+            sparse, result = _train_sparse(host, task, options, examples, federation)
+            return ClientReply(
+                client_id=task.client_id,
+                factors=None,
+                num_examples=num_examples,
+                loss=result.loss,
+                tokens=result.tokens,
+                seconds=result.seconds,
+                sparse=sparse,
+            )
+        start = {n: zero_tail(f, task.ranks[n]) for n, f in task.start.items()}
+        host.adapters.load(task.rank_class, start)
+        params = host.adapters.activate(task.rank_class, freeze_A=recipe.freeze_A)
+        with _seeded(task.seed, host.device):
             result = train_client(
                 host.adapters.model,
                 params,
@@ -112,7 +128,7 @@ def local_update(host: ClientHost, task: ClientTask) -> ClientReply:
                 federation,
                 pad_id=host.pad_id,
                 generator=torch.Generator().manual_seed(task.seed),
-                device=device,
+                device=host.device,
                 regularizer=recipe.regularizer(
                     options, host.adapters.factor_pairs(task.rank_class)
                 ),
@@ -139,6 +155,81 @@ def local_update(host: ClientHost, task: ClientTask) -> ClientReply:
 
 def _finite(f: LoraFactors) -> bool:
     return bool(torch.isfinite(f.B).all()) and bool(torch.isfinite(f.A).all())
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Dropout draws from torch's global generator: seed it for this client only, and
+    give the caller its generator state back afterwards."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
+def _train_sparse(
+    host: ClientHost,
+    task: ClientTask,
+    options: Any,
+    examples: TokenizedSplit,
+    federation: FederationConfig,
+) -> tuple[dict[str, Tensor], ClientTrainResult]:
+    """SLoRA's sparse stage on this client: the base weights of the target modules, at
+    the shared mask's entries only, from W0 + the accumulated sparse update.
+
+    Entries outside the mask get a zero gradient and no weight decay, so the update is
+    exactly sparse; the base weights are given back as they were afterwards (one model
+    serves every client in-process). Returns the client's sparse update (values at the
+    mask) and the training figures.
+    """
+    from flexlora.slora import sparse_mask
+
+    assert task.sparse is not None
+    weights = host.adapters.base_weights()
+    shapes = host.adapters.shapes
+    masks = {n: sparse_mask(shapes[n], options.density, options.seed, n) for n in weights}
+    originals: dict[str, Tensor] = {}
+    hooks = []
+    try:
+        with torch.no_grad():
+            for name, W in weights.items():
+                idx = masks[name].to(W.device)
+                flat = W.view(-1)
+                originals[name] = flat[idx].clone()
+                flat[idx] += task.sparse[name].to(device=W.device, dtype=W.dtype)
+        for name, W in weights.items():
+            keep = torch.zeros(W.numel(), dtype=W.dtype, device=W.device)
+            keep[masks[name].to(W.device)] = 1
+            keep = keep.view_as(W)
+            W.requires_grad_(True)
+            hooks.append(W.register_hook(lambda grad, keep=keep: grad * keep))
+        # weight decay would move every entry, not just the mask's
+        sparse_fed = dataclasses.replace(federation, weight_decay=0.0)
+        with _seeded(task.seed, host.device), host.adapters.model.disable_adapter():
+            result = train_client(
+                host.adapters.model,
+                list(weights.values()),
+                examples,
+                sparse_fed,
+                pad_id=host.pad_id,
+                generator=torch.Generator().manual_seed(task.seed),
+                device=host.device,
+            )
+        update = {
+            name: (W.detach().view(-1)[masks[name].to(W.device)] - originals[name]).float().cpu()
+            for name, W in weights.items()
+        }
+    finally:
+        for hook in hooks:
+            hook.remove()
+        with torch.no_grad():
+            for name, W in weights.items():
+                W.requires_grad_(False)
+                if name in originals:
+                    W.view(-1)[masks[name].to(W.device)] = originals[name]
+    bad = next((n for n, v in update.items() if not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise FloatingPointError(f"the sparse update of {bad} is not finite")
+    return update, result
 
 
 @dataclass

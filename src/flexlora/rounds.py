@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from flexlora.aggregation import get_aggregation
 from flexlora.aggregation.base import AggregationResult, GlobalUpdate, TargetSpec
 from flexlora.aggregation.common import stable_seed
 from flexlora.client import ClientReply, ClientTask
@@ -37,6 +38,7 @@ from flexlora.ranks import (
     rank_type_label,
     resolve_rank_type,
 )
+from flexlora.slora import average_sparse, dense_update, sparse_mask
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +89,8 @@ class ServerState:
     history: list[dict[str, Any]] = field(default_factory=list)
     baseline: dict[str, Any] | None = None
     """Evaluation of the base model before round 1 (None when not asked for)."""
+    sparse_delta: dict[str, torch.Tensor] | None = None
+    """SLoRA's sparse stage: module -> the accumulated sparse update at the mask (k,)."""
 
     def state_dict(self) -> dict[str, Any]:
         """Tensors, numbers, strings, lists and dicts only: `torch.load(weights_only=True)`
@@ -105,6 +109,7 @@ class ServerState:
             "client_ranks": self.client_ranks,
             "history": self.history,
             "baseline": self.baseline,
+            "sparse_delta": self.sparse_delta,
         }
 
     @classmethod
@@ -124,6 +129,7 @@ class ServerState:
             client_ranks=dict(state["client_ranks"]),
             history=list(state["history"]),
             baseline=state.get("baseline"),
+            sparse_delta=state.get("sparse_delta"),
         )
 
 
@@ -199,6 +205,23 @@ class Server:
     def seed(self, stream: str, *parts: object) -> int:
         """A seed for one stream of draws, from the run's seed and the given parts."""
         return stable_seed(stream, self.config.seed, *parts)
+
+    @property
+    def recipe_parsed(self) -> Any:
+        return self.method.recipe.options(self.recipe_options)
+
+    @property
+    def sparse_rounds(self) -> int:
+        """Rounds of the recipe's sparse first stage (SLoRA); 0 for none."""
+        return self.method.recipe.sparse_rounds(self.recipe_parsed)
+
+    def sparse_masks(self) -> dict[str, torch.Tensor]:
+        """Module -> the sparse stage's shared mask (flat indices)."""
+        options = self.recipe_parsed
+        return {
+            n: sparse_mask(shape, options.density, options.seed, n)
+            for n, shape in self.shapes.items()
+        }
 
 
 # -- set-up ---------------------------------------------------------------------------
@@ -289,6 +312,8 @@ def sample_clients(server: Server, state: ServerState) -> list[str]:
 def make_tasks(server: Server, state: ServerState, client_ids: Sequence[str]) -> list[ClientTask]:
     """The tasks of the sampled clients: each its class's start factors and its own ranks
     (fresh factors, drawn once for the round, before round 1 and after each FLoRA merge)."""
+    if state.round < server.sparse_rounds:
+        return _sparse_tasks(server, state, client_ids)
     starts = state.class_factors
     if starts is None:
         starts = fresh_factors(server, state.round)
@@ -311,6 +336,29 @@ def make_tasks(server: Server, state: ServerState, client_ids: Sequence[str]) ->
     return tasks
 
 
+def _sparse_tasks(
+    server: Server, state: ServerState, client_ids: Sequence[str]
+) -> list[ClientTask]:
+    """Tasks of SLoRA's sparse stage: the accumulated sparse update, no factors."""
+    delta = state.sparse_delta
+    if delta is None:
+        delta = {n: torch.zeros(len(m)) for n, m in server.sparse_masks().items()}
+    return [
+        ClientTask(
+            client_id=client_id,
+            round=state.round + 1,
+            rank_class=state.client_class[client_id],
+            ranks={},
+            start={},
+            seed=server.seed("train", state.round + 1, client_id),
+            recipe=server.method.recipe.name,
+            recipe_options=dict(server.recipe_options),
+            sparse=dict(delta),
+        )
+        for client_id in client_ids
+    ]
+
+
 def check_reply(server: Server, task: ClientTask, reply: ClientReply) -> str | None:
     """Why a reply cannot enter the aggregation, or None when it can.
 
@@ -322,13 +370,15 @@ def check_reply(server: Server, task: ClientTask, reply: ClientReply) -> str | N
         return reply.error
     if reply.client_id != task.client_id:
         return f"reply from {reply.client_id} to the task of {task.client_id}"
+    if reply.num_examples < 1:
+        return f"num_examples is {reply.num_examples}"
+    if task.sparse is not None:
+        return _check_sparse(server, task.sparse, reply.sparse)
     if reply.factors is None:
         return "no factors in the reply"
     if set(reply.factors) != set(task.start):
         missing = sorted(set(task.start) ^ set(reply.factors))
         return f"the reply's modules differ from the task's (first: {missing[0]})"
-    if reply.num_examples < 1:
-        return f"num_examples is {reply.num_examples}"
     bound = server.config.federation.max_update_norm
     for name, f in reply.factors.items():
         expected = task.start[name]
@@ -345,6 +395,28 @@ def check_reply(server: Server, task: ClientTask, reply: ClientReply) -> str | N
             norm = _update_norm(f)
             if norm > bound:
                 return f"{name}: update norm {norm:.3g} exceeds federation.max_update_norm={bound}"
+    return None
+
+
+def _check_sparse(
+    server: Server, sent: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor] | None
+) -> str | None:
+    """Why a sparse-stage reply cannot be averaged, or None."""
+    if got is None:
+        return "no sparse update in the reply"
+    if set(got) != set(sent):
+        return (
+            f"the reply's modules differ from the task's (first: {sorted(set(got) ^ set(sent))[0]})"
+        )
+    bound = server.config.federation.max_update_norm
+    for name, values in got.items():
+        if values.shape != sent[name].shape:
+            return f"{name}: {tuple(values.shape)} sparse values, the mask has {len(sent[name])}"
+        if not bool(torch.isfinite(values).all()):
+            return f"{name}: the update is not finite"
+        norm = float(torch.linalg.vector_norm(values.double() - sent[name].double()))
+        if bound is not None and norm > bound:
+            return f"{name}: update norm {norm:.3g} exceeds federation.max_update_norm={bound}"
     return None
 
 
@@ -396,10 +468,15 @@ def aggregate_round(
     targets: dict[Hashable, TargetSpec] = {
         c.key: TargetSpec(ranks=c.ranks, scalings=server.scalings(c.key)) for c in server.classes
     }
-    updates = [r.factors for r in accepted if r.factors is not None]
     weights = [float(r.num_examples) for r in accepted]
-    aggregate = server.method.aggregation.aggregate
-    result = aggregate(updates, weights, targets, server.aggregation_options)
+    sparse_delta = None
+    if tasks and tasks[0].sparse is not None:
+        sparse_delta = average_sparse([r.sparse for r in accepted if r.sparse is not None], weights)
+        result = _sparse_result(server, state, sparse_delta, targets)
+    else:
+        updates = [r.factors for r in accepted if r.factors is not None]
+        aggregate = server.method.aggregation.aggregate
+        result = aggregate(updates, weights, targets, server.aggregation_options)
 
     client_ranks = dict(state.client_ranks)
     for reply in accepted:
@@ -435,11 +512,14 @@ def aggregate_round(
             round=state.round + 1,
             merged=[*state.merged, folded] if folded is not None else state.merged,
             global_update=global_update,
-            class_factors={
+            class_factors=None
+            if result.client_factors is None
+            else {
                 str(key): revive_dead_components(factors, generator)
-                for key, factors in (result.client_factors or {}).items()
+                for key, factors in result.client_factors.items()
             },
             client_ranks=client_ranks,
+            sparse_delta=sparse_delta,
         )
     record: dict[str, Any] = {
         "round": new_state.round,
@@ -452,6 +532,31 @@ def aggregate_round(
         "aggregation": result.diagnostics,
     }
     return new_state, result, record
+
+
+def _sparse_result(
+    server: Server,
+    state: ServerState,
+    sparse_delta: Mapping[str, torch.Tensor],
+    targets: Mapping[Hashable, TargetSpec],
+) -> AggregationResult:
+    """The global update W0 + ΔW_s of a sparse round; after the stage's last round, also
+    every rank class's LoRA start: the best approximation of ΔW_s at its rank (FlexLoRA's
+    truncation of one update, whatever the method's aggregation)."""
+    masks = server.sparse_masks()
+    dense = {n: dense_update(sparse_delta[n], masks[n], server.shapes[n]) for n in server.shapes}
+    diagnostics = {
+        "method": "slora-sparse",
+        "nonzero": {n: len(masks[n]) for n in server.shapes},
+    }
+    last = state.round + 1 == server.sparse_rounds
+    if not last:  # ΔW_s = ΔW_s @ I: the exact update as factors (in, in)
+        update = {n: GlobalUpdate(B=d, A=torch.eye(d.shape[1])) for n, d in dense.items()}
+        return AggregationResult(None, update, False, diagnostics)
+    one = [{n: LoraFactors(B=d, A=torch.eye(d.shape[1]), scaling=1.0) for n, d in dense.items()}]
+    result = get_aggregation("flexlora").aggregate(one, [1.0], targets, {"svd": "exact"})
+    result.diagnostics.update(diagnostics, method="slora-transition")
+    return result
 
 
 def base_change(result: AggregationResult) -> dict[str, GlobalUpdate] | None:

@@ -197,12 +197,20 @@ def config(model: Path, cache: Path, *extra: str) -> ExperimentConfig:
     return load_config(None, quick(model, cache, *extra))
 
 
-@pytest.mark.parametrize("method", ["flexlora", "flora"])
+@pytest.mark.parametrize(
+    "method",
+    [
+        ["method=flexlora"],
+        ["method=flora"],  # sends its merged bases too
+        ["method=slora+flexlora", "recipe_options={sparse_rounds: 1, density: 0.05}"],
+    ],
+    ids=["flexlora", "flora", "slora"],
+)
 def test_the_flower_path_gives_the_in_process_result(
-    method: str, tiny_model: Path, tmp_path: Path
+    method: list[str], tiny_model: Path, tmp_path: Path
 ) -> None:
-    # Prepare: the same config for both engines (FLoRA also sends its merged bases)
-    cfg = config(tiny_model, tmp_path / "cache", f"method={method}")
+    # Prepare: the same config for both engines
+    cfg = config(tiny_model, tmp_path / "cache", *method)
     grid = LocalGrid([11, 22], lambda node, m: client_app.train(m, cfg))
 
     # Execute

@@ -234,3 +234,57 @@ def test_fedex_folds_its_residual_into_the_base_and_the_global_model_stays_exact
         whole = total[name].B.double() @ total[name].A.double()
         torch.testing.assert_close(whole, dW, rtol=1e-5, atol=1e-7)
         assert float(residual.abs().max()) > 0  # clients differ: a real residual
+
+
+def test_slora_trains_a_shared_sparse_mask_then_starts_lora_from_its_svd(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    # Prepare: SLoRA with FlexLoRA, one sparse round, a dense enough mask to see
+    run = prepare(
+        tiny_model,
+        tmp_path,
+        "method=slora+flexlora",
+        "recipe_options={sparse_rounds: 1, density: 0.05}",
+        "lora.dropout=0.0",
+    )
+    server, host = run.server, run.engine.client.adapters
+    base = {n: w.detach().clone() for n, w in host.base_weights().items()}
+    state = initial_state(server)
+    tasks = make_tasks(server, state, sample_clients(server, state))
+    assert all(t.sparse is not None and not t.start for t in tasks)
+
+    # Execute: the sparse round
+    replies = [local_update(run.engine.client, t) for t in tasks]
+    new_state, result, record = aggregate_round(server, state, tasks, replies)
+
+    # Assert: the base is as it was; the average is data-weighted; LoRA starts from its SVD
+    for name, w in host.base_weights().items():
+        assert torch.equal(w, base[name]), name
+    assert record["clients_failed"] == [] and new_state.sparse_delta is not None
+    total = sum(r.num_examples for r in replies)
+    masks = server.sparse_masks()
+    for name, shape in server.shapes.items():
+        expected = sum(r.num_examples / total * r.sparse[name].double() for r in replies)  # type: ignore[index]
+        torch.testing.assert_close(new_state.sparse_delta[name].double(), expected)
+        dense = torch.zeros(shape[0] * shape[1], dtype=torch.float64)
+        dense[masks[name]] = expected
+        dense = dense.view(shape)
+        assert float(dense.abs().max()) > 0
+        g = result.global_update[name]
+        torch.testing.assert_close(g.B.double() @ g.A.double(), dense, rtol=1e-5, atol=1e-7)
+        U, S, Vh = torch.linalg.svd(dense)
+        for key, factors in (new_state.class_factors or {}).items():
+            f = factors[name]
+            r = min(f.rank, int((1e-12 * S[0] < S).sum()))
+            best = U[:, :r] @ torch.diag(S[:r]) @ Vh[:r]  # (out, r) (r, r) (r, in)
+            got = f.scaling * (f.B.double() @ f.A.double())
+            assert float((got - best).norm()) <= 1e-5 * float(best.norm()), (key, name)
+
+    # and the next round is a LoRA round from those factors
+    lora_tasks = make_tasks(server, new_state, sample_clients(server, new_state))
+    assert all(t.sparse is None and t.start for t in lora_tasks)
+    first = lora_tasks[0]
+    assert torch.equal(
+        first.start[next(iter(server.shapes))].B,
+        (new_state.class_factors or {})[first.rank_class][next(iter(server.shapes))].B,
+    )

@@ -119,7 +119,10 @@ def test_same_seed_same_metrics(tiny_model: Path, tmp_path: Path) -> None:
     assert c[0]["train_loss"] != a[0]["train_loss"]
 
 
-@pytest.mark.parametrize("method", ["zeropad", "hetlora", "flora", "ffa", "florist", "fedex"])
+@pytest.mark.parametrize(
+    "method",
+    ["zeropad", "hetlora", "flora", "ffa", "florist", "fedex", "slora+flexlora", "fedavg+zeropad"],
+)
 def test_every_baseline_runs(method: str, tiny_model: Path, tmp_path: Path) -> None:
     sets = [
         *quick_overrides(tiny_model, tmp_path / "cache"),
@@ -130,6 +133,8 @@ def test_every_baseline_runs(method: str, tiny_model: Path, tmp_path: Path) -> N
         sets.append("method_options={gamma: 0.5, reg_lambda: 0.01}")
     if get_federated_method(method).single_rank:
         sets.append("ranks.types=[4]")
+    if method.startswith("slora"):
+        sets.append("recipe_options={sparse_rounds: 1, density: 0.05}")
     out = tmp_path / method
     assert run_cli(["run", "--quiet", "--out", str(out), *set_args(sets)]) == 0
     rounds = read_jsonl(out / "metrics.jsonl")

@@ -91,9 +91,22 @@ def encode_task(
             "merged": len(merged),
         }
     )
-    return RecordDict(
-        {"task": config, "start": encode_factors(task.start, dtype), "base": encode_base(merged)}
-    )
+    records: dict[str, ArrayRecord | MetricRecord | ConfigRecord] = {
+        "task": config,
+        "start": encode_factors(task.start, dtype),
+        "base": encode_base(merged),
+    }
+    if task.sparse is not None:  # SLoRA's sparse stage: always float32 (sums of small steps)
+        records["sparse"] = encode_values(task.sparse)
+    return RecordDict(records)
+
+
+def encode_values(values: Mapping[str, torch.Tensor]) -> ArrayRecord:
+    return ArrayRecord({name: _array(v, "float32") for name, v in values.items()})
+
+
+def decode_values(record: ArrayRecord) -> dict[str, torch.Tensor]:
+    return {name: _tensor(record[name]) for name in record}
 
 
 def decode_task(content: RecordDict) -> tuple[ClientTask, list[dict[str, GlobalUpdate]]]:
@@ -108,6 +121,9 @@ def decode_task(content: RecordDict) -> tuple[ClientTask, list[dict[str, GlobalU
         seed=int(config["seed"]),  # type: ignore[arg-type]
         recipe=str(config["recipe"]),
         recipe_options=json.loads(str(config["recipe_options"])),
+        sparse=decode_values(content.array_records["sparse"])
+        if "sparse" in content.array_records
+        else None,
     )
     merged = decode_base(content.array_records["base"], int(config["merged"]))  # type: ignore[arg-type]
     return task, merged
@@ -129,6 +145,8 @@ def encode_reply(reply: ClientReply, dtype: str) -> RecordDict:
     if reply.factors is not None:
         config["scalings"] = json.dumps({n: f.scaling for n, f in reply.factors.items()})
         records["factors"] = encode_factors(reply.factors, dtype)
+    if reply.sparse is not None:
+        records["sparse"] = encode_values(reply.sparse)
     return RecordDict(records)
 
 
@@ -148,6 +166,9 @@ def decode_reply(content: RecordDict) -> ClientReply:
             tokens=int(config["tokens"]),  # type: ignore[arg-type]
             seconds=float(config["seconds"]),  # type: ignore[arg-type]
             error=str(config["error"]) or None,
+            sparse=decode_values(content.array_records["sparse"])
+            if "sparse" in content.array_records
+            else None,
         )
     except (KeyError, ValueError, TypeError) as e:
         raise ValueError(f"not a flexlora reply ({type(e).__name__}: {e})") from e
