@@ -77,7 +77,7 @@ def flower_local_command(args: argparse.Namespace) -> int:
     overrides = [f"flower.supernodes={len(nodes)}", *args.overrides]
     config = str(Path(args.config).resolve()) if args.config else ""
     load_config(config or None, overrides)  # a bad config fails here, before any process
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="flexlora-flower-"))
+    workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="flexlora-flower-"))).resolve()
     out = (args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")).resolve()
     run_config = {"config": config, "set": ";".join(overrides), "out": str(out),
                   "mode": "deployment"}  # fmt: skip
@@ -85,39 +85,38 @@ def flower_local_command(args: argparse.Namespace) -> int:
     # SIGTERM as Ctrl-C: leave through the `with` block, which ends every process
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     print(f"starting a SuperLink and {len(nodes)} SuperNodes (logs in {workdir / 'logs'})")
-    with LocalDeployment(workdir, nodes, auth=not args.no_auth) as deployment:
-        print(f"SuperLink at {deployment.address}, {len(nodes)} SuperNodes online")
-        if not args.run:
-            _print_how_to_run(deployment.cli_home, app_dir(), run_config)
-            try:
+    try:
+        with LocalDeployment(workdir, nodes, auth=not args.no_auth) as deployment:
+            print(f"SuperLink at {deployment.address}, {len(nodes)} SuperNodes online")
+            if not args.run:
+                _print_how_to_run(workdir, deployment.cli_home, app_dir(), run_config)
                 while True:
                     time.sleep(3600)
-            except KeyboardInterrupt:
-                print("taking the deployment down")
-                return 0
-        outcome = deployment.run_app(run_config, echo=write_echo(sys.stdout), timeout=args.timeout)
+            outcome = deployment.run_app(
+                run_config, echo=write_echo(sys.stdout), timeout=args.timeout
+            )
+    except KeyboardInterrupt:
+        print("interrupted: SuperLink and SuperNodes taken down", file=sys.stderr)
+        return 130
     if not outcome.ok:
         raise FlexLoraError(f"run {outcome.run_id} ended {outcome.status}: {outcome.details}")
     print(f"run {outcome.run_id} completed: {out}")
     return 0
 
 
-def _print_how_to_run(cli_home: Path, app: Path, run_config: dict[str, str]) -> None:
+def _print_how_to_run(workdir: Path, cli_home: Path, app: Path, run_config: dict[str, str]) -> None:
     import shlex
+
+    import tomli_w
 
     from flexlora.flower.local import CONNECTION
 
-    settings = " ".join(f"{k}={_toml(v)}" for k, v in run_config.items())
-    print("run an experiment on it from another shell with:")
+    # a TOML file: flwr reads it whole, so no value needs shell or TOML quoting by hand
+    settings = workdir / "run-config.toml"
+    settings.write_text(tomli_w.dumps(run_config))
+    print(f"the run config is in {settings}; run the experiment from another shell with:")
     print(
         f"  FLWR_HOME={shlex.quote(str(cli_home))} flwr run {shlex.quote(str(app))} "
-        f"{CONNECTION} --stream --run-config {shlex.quote(settings)}"
+        f"{CONNECTION} --stream --run-config {shlex.quote(str(settings))}"
     )
     print("Ctrl-C takes it down")
-
-
-def _toml(value: str) -> str:
-    # flwr reads each value as TOML: a literal string, unless it holds a quote
-    import json
-
-    return f"'{value}'" if "'" not in value else json.dumps(value)
