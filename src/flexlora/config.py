@@ -302,6 +302,22 @@ class FlowerConfig:
 
 
 @dataclass
+class CompareConfig:
+    """The grid `flexlora compare` runs when its command line names none (a preset's grid)."""
+
+    methods: list[str] = field(default_factory=list)
+    """Rows: methods, RECIPE+AGGREGATION pairs, RECIPE-min / RECIPE-max (empty: the default)."""
+    distributions: list[str] = field(default_factory=list)
+    """Columns: resource distributions (empty: the default)."""
+    seeds: int = 1
+    """Runs per cell, seeds seed, seed + 1, ...: each its own suite and partition."""
+
+    def __post_init__(self) -> None:
+        if self.seeds < 1:
+            raise FlexLoraError(f"compare.seeds must be >= 1, got {self.seeds}")
+
+
+@dataclass
 class ExperimentConfig:
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -315,12 +331,14 @@ class ExperimentConfig:
     hetlora, ffa)."""
     method_options: dict[str, Any] = field(default_factory=dict)
     """The aggregation's options (with a single method name, the recipe's too)."""
-    recipe_options: dict[str, Any] = field(default_factory=dict)
-    """The recipe's options, for a RECIPE+AGGREGATION method."""
+    recipe_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Recipe name -> its options, for RECIPE+AGGREGATION methods (e.g. {slora:
+    {sparse_rounds: 1}}); one config can hold every recipe's, for a compare grid."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     engine: Literal["in-process", "flower"] = "in-process"
     """in-process: everything in this process; flower: Flower's Simulation Engine."""
     flower: FlowerConfig = field(default_factory=FlowerConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
 
     def __post_init__(self) -> None:
         if self.seed < 0:

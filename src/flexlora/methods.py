@@ -277,22 +277,34 @@ class Method:
         return self.aggregation.single_rank
 
     def resolve_options(
-        self, method_options: Mapping[str, Any], recipe_options: Mapping[str, Any], seed: int
+        self,
+        method_options: Mapping[str, Any],
+        recipe_options: Mapping[str, Mapping[str, Any]],
+        seed: int,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """(recipe options, aggregation options) as a run hands them out, validated.
 
-        With a single method name the recipe takes its own keys from `method_options`
-        (HETLoRA's gamma, FFA's seed); the aggregation's options class accepts them too.
+        `recipe_options` maps a recipe's name to its options, so one config (a compare
+        grid) can hold every recipe's. With a single method name the recipe takes its
+        own keys from `method_options` instead (HETLoRA's gamma, FFA's seed), which the
+        aggregation's options class accepts too.
         """
+        unknown = sorted(set(recipe_options) - set(RECIPES))
+        if unknown:
+            raise FlexLoraError(
+                f"recipe_options.{unknown[0]}: not a recipe (known: {', '.join(sorted(RECIPES))})"
+            )
         if self.shared_options:
-            if recipe_options:
+            if self.recipe.name in recipe_options:
                 raise FlexLoraError(
-                    f"recipe_options are for a RECIPE+AGGREGATION method; {self.name} takes "
-                    "all its options in method_options"
+                    f"recipe_options.{self.recipe.name}: method {self.name} takes its "
+                    "options in method_options"
                 )
             fields = {f.name for f in dataclasses.fields(self.recipe.options_type)}
-            recipe_options = {k: v for k, v in method_options.items() if k in fields}
-        recipe = self.recipe.resolve_options(recipe_options, seed)
+            own = {k: v for k, v in method_options.items() if k in fields}
+        else:
+            own = dict(recipe_options.get(self.recipe.name, {}))
+        recipe = self.recipe.resolve_options(own, seed)
         aggregation = dict(method_options)
         if self.aggregation.shared_A:  # the aggregation regenerates A from the recipe's seed
             aggregation["seed"] = recipe["seed"]

@@ -202,7 +202,7 @@ def config(model: Path, cache: Path, *extra: str) -> ExperimentConfig:
     [
         ["method=flexlora"],
         ["method=flora"],  # sends its merged bases too
-        ["method=slora+flexlora", "recipe_options={sparse_rounds: 1, density: 0.05}"],
+        ["method=slora+flexlora", "recipe_options={slora: {sparse_rounds: 1, density: 0.05}}"],
     ],
     ids=["flexlora", "flora", "slora"],
 )

@@ -244,7 +244,7 @@ def test_slora_trains_a_shared_sparse_mask_then_starts_lora_from_its_svd(
         tiny_model,
         tmp_path,
         "method=slora+flexlora",
-        "recipe_options={sparse_rounds: 1, density: 0.05}",
+        "recipe_options={slora: {sparse_rounds: 1, density: 0.05}}",
         "lora.dropout=0.0",
     )
     server, host = run.server, run.engine.client.adapters

@@ -134,7 +134,7 @@ def test_every_baseline_runs(method: str, tiny_model: Path, tmp_path: Path) -> N
     if get_federated_method(method).single_rank:
         sets.append("ranks.types=[4]")
     if method.startswith("slora"):
-        sets.append("recipe_options={sparse_rounds: 1, density: 0.05}")
+        sets.append("recipe_options={slora: {sparse_rounds: 1, density: 0.05}}")
     out = tmp_path / method
     assert run_cli(["run", "--quiet", "--out", str(out), *set_args(sets)]) == 0
     rounds = read_jsonl(out / "metrics.jsonl")

@@ -48,16 +48,24 @@ def test_options_go_to_the_part_they_belong_to() -> None:
     assert aggregation == {"gamma": 0.5, "reg_lambda": 0.1, "weighting": "sparsity"}
     # a pair: each part its own
     pair = get_federated_method("hetlora+flexlora")
-    recipe, aggregation = pair.resolve_options({"svd": "exact"}, {"reg_lambda": 0.1}, 0)
+    options = {"hetlora": {"reg_lambda": 0.1}, "slora": {"sparse_rounds": 2}}  # a grid's
+    recipe, aggregation = pair.resolve_options({"svd": "exact"}, options, 0)
     assert recipe == {"reg_lambda": 0.1} and aggregation == {"svd": "exact"}
     with pytest.raises(FlexLoraError, match="gamma"):
         pair.resolve_options({"gamma": 0.5}, {}, 0)  # a recipe option given to FlexLoRA
-    with pytest.raises(FlexLoraError, match="recipe_options are for a RECIPE"):
-        get_federated_method("flexlora").resolve_options({}, {"reg_lambda": 0.1}, 0)
+    with pytest.raises(FlexLoraError, match=r"recipe_options\.hetlora: method hetlora takes"):
+        get_federated_method("hetlora").resolve_options({}, {"hetlora": {"gamma": 0.5}}, 0)
+    with pytest.raises(FlexLoraError, match=r"recipe_options\.sgd: not a recipe"):
+        get_federated_method("flexlora").resolve_options({}, {"sgd": {}}, 0)
+    with pytest.raises(FlexLoraError, match="sparse_rounds must be >= 1"):
+        get_federated_method("slora+flexlora").resolve_options(
+            {}, {"slora": {"sparse_rounds": 0}}, 0
+        )
 
 
 def test_ffa_hands_the_aggregation_the_seed_its_clients_draw_A_from() -> None:
     recipe, aggregation = get_federated_method("ffa").resolve_options({}, {}, 7)
     assert recipe["seed"] == aggregation["seed"] and isinstance(recipe["seed"], int)
-    recipe, aggregation = get_federated_method("ffa+ffa").resolve_options({}, {"seed": 3}, 7)
+    pair = get_federated_method("ffa+ffa")
+    recipe, aggregation = pair.resolve_options({}, {"ffa": {"seed": 3}}, 7)
     assert recipe["seed"] == aggregation["seed"] == 3

@@ -19,7 +19,7 @@ import io
 import json
 import statistics
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -137,9 +137,13 @@ def main(args: argparse.Namespace) -> int:
             check_grid(base, methods, distributions)
             return compare_in(args, out, base, methods, distributions, seeds)
     base = load_config(args.config, args.overrides)
-    methods = _split(args.methods or DEFAULT_METHODS, "methods")
-    distributions = _split(args.distributions or DEFAULT_DISTRIBUTIONS, "distributions")
-    n_seeds = 1 if args.seeds is None else args.seeds
+    grid_cfg = base.compare  # a preset's grid; the command line's flags win
+    methods = _split(args.methods or ",".join(grid_cfg.methods) or DEFAULT_METHODS, "methods")
+    distributions = _split(
+        args.distributions or ",".join(grid_cfg.distributions) or DEFAULT_DISTRIBUTIONS,
+        "distributions",
+    )
+    n_seeds = args.seeds if args.seeds is not None else grid_cfg.seeds
     if n_seeds < 1:
         raise FlexLoraError(f"--seeds must be >= 1, got {n_seeds}")
     seeds = [base.seed + i for i in range(n_seeds)]
@@ -304,10 +308,20 @@ BASE_ROW = "base model"
 METRICS = {"unseen_rougeL": 2, "unseen_loss": 3}
 HIGHER_IS_BETTER = {"unseen_rougeL": True, "unseen_loss": False}
 
-PAIRED_BASELINES: dict[str, str] = {"flexlora": "fedit-min"}
-"""Each "recipe + FlexLoRA" row -> its homogeneous recipe row, for the % improvement table
-and the paired test. A later recipe pair (e.g. "fedavg+flexlora": "fedavg-min") is one
-entry here."""
+def paired_baseline(row: str) -> str | None:
+    """The homogeneous row a "recipe + FlexLoRA" row is measured against (the paper's
+    Table 3): `flexlora` (FedIT's recipe) -> `fedit-min`, `RECIPE+flexlora` ->
+    `RECIPE-min`; None for any other row."""
+    if row == "flexlora":
+        return "fedit-min"
+    recipe, plus, aggregation = row.partition("+")
+    if plus and aggregation == "flexlora":
+        return "fedit-min" if recipe in ("local", "fedit") else f"{recipe}-min"
+    return None
+
+
+def paired_baselines(rows: Sequence[str]) -> dict[str, str]:
+    return {row: base for row in rows if (base := paired_baseline(row)) is not None}
 
 REFERENCE_ROW = "fedit-min"
 """Every heterogeneous method is also tested against FedIT at the smallest rank: the
@@ -329,8 +343,9 @@ def grid_statistics(results: Results, seeds: int) -> dict[str, MetricStatistics]
     from flexlora.comparison_stats import comparison_pairs, marked_best, paired_comparison
 
     rows = [m for m in results if m != BASE_ROW]  # a reference, not a contender
-    homogeneous = {*(m for m in rows if is_homogeneous(m)), *PAIRED_BASELINES.values()}
-    pairs = comparison_pairs(rows, PAIRED_BASELINES, REFERENCE_ROW, homogeneous)
+    paired = paired_baselines(rows)
+    homogeneous = {*(m for m in rows if is_homogeneous(m)), *paired.values()}
+    pairs = comparison_pairs(rows, paired, REFERENCE_ROW, homogeneous)
     distributions = list(next(iter(results.values())))
     out: dict[str, MetricStatistics] = {}
     for metric in METRICS:
@@ -452,7 +467,7 @@ def _statistics_sections(
     distributions = list(ours.comparisons)
     by_pair = [{(c.method, c.baseline): c for c in ours.comparisons[d]} for d in distributions]
     keys = list(dict.fromkeys(key for found in by_pair for key in found))  # grid order
-    paired = [key for key in keys if PAIRED_BASELINES.get(key[0]) == key[1]]
+    paired = [key for key in keys if paired_baseline(key[0]) == key[1]]
     keys_pairs = [c.pairs for found in by_pair for c in found.values()]
 
     def rows(
