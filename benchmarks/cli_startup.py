@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -40,14 +41,20 @@ MODULES = ("model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.v_proj")
 ALPHA = 16.0
 
 
-def time_help(runs: int) -> list[float]:
-    """Wall times of `flexlora --help` in fresh processes."""
-    times = []
+def time_help(runs: int) -> tuple[list[float], list[float]]:
+    """Wall and CPU (user + system) times of `flexlora --help` in fresh processes.
+
+    The CPU time hardly depends on other jobs sharing the cores; the wall time does.
+    """
+    walls, cpus = [], []
     for _ in range(runs):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         subprocess.run([str(SCRIPT), "--help"], check=True, capture_output=True)
-        times.append(time.perf_counter() - start)
-    return times
+        walls.append(time.perf_counter() - start)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    return walls, cpus
 
 
 def modules_imported_by_help() -> list[str]:
@@ -160,10 +167,12 @@ def main() -> None:
     parser.add_argument("--skip-aggregate", action="store_true")
     args = parser.parse_args()
 
-    times = time_help(args.help_runs)
+    times, cpus = time_help(args.help_runs)
     print(
-        f"flexlora --help: best {min(times):.3f} s, median {statistics.median(times):.3f} s "
-        f"over {len(times)} runs; heavy modules imported: {modules_imported_by_help() or 'none'}"
+        f"flexlora --help: wall best {min(times):.3f} s, median {statistics.median(times):.3f} s; "
+        f"CPU median {statistics.median(cpus):.3f} s; over {len(times)} runs; "
+        f"heavy modules imported: {modules_imported_by_help() or 'none'}; "
+        f"load average {os.getloadavg()[0]:.1f}"
     )
     if args.skip_aggregate:
         return
