@@ -22,7 +22,7 @@ from engine_fixtures import make_tiny_model
 from flexlora.cli import main
 from flexlora.config import load_config
 from flexlora.experiment import run_experiment
-from flexlora.flower.local import LocalDeployment, NodeSpec
+from flexlora.flower.local import LocalDeployment, NodeSpec, _alive
 
 pytestmark = pytest.mark.deployment
 pytest.importorskip("flwr")  # the flower extra (Python >= 3.11)
@@ -91,12 +91,14 @@ def deployment(
     # one torch thread per process: both SuperNodes train at once, on as few as 2 cores
     running = LocalDeployment(tmp_path_factory.mktemp("flower"), nodes, ready_timeout=90,
                               grace=5, env={"OMP_NUM_THREADS": "1"})  # fmt: skip
+    pids: list[int] = []
     try:
         running.start()
         yield running
     finally:
+        pids = running.pids()
         running.stop()  # every process, also when start() or a test failed
-        assert not running._processes
+    assert pids and not [pid for pid in pids if _alive(pid)]
 
 
 def global_delta(run: Path) -> dict[str, torch.Tensor]:

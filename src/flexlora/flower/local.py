@@ -361,7 +361,7 @@ class LocalDeployment:
     """The SuperLink's port (Fleet, Control and Runtime API in one): 0 picks a free one."""
     env: Mapping[str, str] = field(default_factory=dict)
     """More environment for every Flower process, e.g. OMP_NUM_THREADS."""
-    _processes: list[_Process] = field(default_factory=list)
+    _processes: list[_Process] = field(default_factory=list, init=False, repr=False)
 
     @property
     def address(self) -> str:
@@ -409,6 +409,11 @@ class LocalDeployment:
             self._register(public)
         key = private if self.auth else None
         return self._start_supernode(index, spec, self.workdir / "certs" / "ca.crt", key)
+
+    def pids(self) -> list[int]:
+        """The running processes this deployment started, and their descendants."""
+        running = [p.popen.pid for p in self._processes if p.popen.poll() is None]
+        return running + [c for pid in running for c in _children(pid)]
 
     def stop(self) -> None:
         """End every process this deployment started and their descendants: the
