@@ -307,3 +307,10 @@ def test_lower_gram_is_exact_on_and_below_the_diagonal(blocks: int) -> None:
     X = torch.randn(50, 70, generator=torch.Generator().manual_seed(25), dtype=torch.float64)
     G = lower_gram(X, blocks)
     torch.testing.assert_close(torch.tril(G), torch.tril(X @ X.T), rtol=0, atol=1e-12)
+
+
+def test_gram_topk_of_a_zero_matrix_is_zero_and_finite() -> None:
+    U, S, Vh = gram_topk_svd(torch.zeros(12, 9, dtype=torch.float64), 4)
+    assert float(S.abs().max()) == 0.0
+    assert bool(torch.isfinite(U).all() and torch.isfinite(Vh).all())
+    assert float(((U * S) @ Vh).abs().max()) == 0.0
