@@ -10,9 +10,9 @@ formed with one GEMM and its top r_max triplets come from the float64 eigendecom
 of its min(out, in)-sided Gram matrix (svd="auto" or "exact": exact, no full SVD), or,
 only when asked with svd="fast", from a randomised subspace iteration whose error is
 reported in the diagnostics: `svd_captured_energy` (Σ_{i ≤ r_max} σ_i² / ‖dW‖_F², on
-every path; on the fast path it falls short of the exact paths' optimum by what the
-sketch missed) and `svd_residual` (‖dW V − U Σ‖_F / ‖Σ‖_F of the fast triplets, 0 for
-exact ones).
+every path; the fast path's is at most the exact one, short by its error in energy)
+and `svd_residual` (‖dW V − U Σ‖_F / ‖Σ‖_F of the fast triplets, which is 0 for exact
+ones; recorded for the fast path only).
 
 The global update is exact on every path, tiny singular values included: all R
 components U Σ, Vᵀ of the factored SVD, or the stacked factors themselves when dW was
@@ -162,9 +162,9 @@ def _decompose(
 def captured_energy(singular_values: Tensor, total_energy: float) -> float:
     """Σ σ_i² / ‖dW‖_F² over the triplets a module kept (1.0 when dW = 0).
 
-    On the exact paths this is the largest share any r_max components can hold; the fast
-    path's Ritz values are each at most the true σ_i, so its share falls short of that
-    by at least what its sketch missed.
+    On the exact paths this is the largest share any r_max components can hold
+    (Eckart–Young). The fast path's Ritz values are each at most the true σ_i, so its
+    share is at most that optimum: the shortfall is its error, in energy.
     """
     if total_energy <= 0.0:
         return 1.0
