@@ -482,3 +482,31 @@ def test_compare_resume_and_bad_grids_are_refused(
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], (args, err)
     assert not (tmp_path / "new").exists()  # a failed start leaves nothing behind
+
+
+def test_the_cpu_paper_grid_runs_and_prints_its_three_tables(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """configs/paper-grid-cpu.yaml, one round and one seed: every recipe at the smallest
+    rank and "+ FlexLoRA", HETLoRA; the mean table, the % improvement of each "+ FlexLoRA"
+    over its recipe, and the paired test."""
+    sets = [
+        *quick_overrides(tiny_model, tmp_path / "cache"),
+        "federation.rounds=1",
+        "eval.seen=false",
+        "compare.seeds=1",
+    ]
+    out = tmp_path / "grid"
+    preset = REPO / "configs" / "paper-grid-cpu.yaml"
+    args = ["compare", "--quiet", "--out", str(out), "--distributions", "uniform", str(preset)]
+    assert run_cli([*args, *set_args(sets)]) == 0
+    text = (out / "results.md").read_text()
+    for row in ("fedavg-min", "fedavg+flexlora", "fedit-min", "flexlora", "slora-min"):
+        assert f"| {row} |" in text, row
+    assert "| slora+flexlora |" in text and "| hetlora |" in text
+    for pair in ("fedavg+flexlora vs fedavg-min", "flexlora vs fedit-min"):
+        assert f"| {pair} |" in text, pair
+    assert "| slora+flexlora vs slora-min |" in text
+    assert "paired permutation test" in text
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert runs["slora+flexlora"]["uniform"][0]["unseen_loss"] > 0
