@@ -149,14 +149,13 @@ def gram_topk_svd(M: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
         raise FlexLoraError(f"gram_topk_svd needs a 2-D matrix, got shape {tuple(M.shape)}")
     out, inn = int(M.shape[0]), int(M.shape[1])
     k = min(k, out, inn)
-    M64 = M.to(torch.float64)
     wide = out <= inn
-    side = M64 if wide else M64.mT  # (n, m), m = max(out, in): G = side @ sideᵀ
+    side = M if wide else M.mT  # (n, m), m = max(out, in): G = side @ sideᵀ
     # eigh reads the lower triangle only (UPLO="L"), so only that half is computed.
-    G = lower_gram(side)  # (n, n) = U Σ² Uᵀ (wide) or V Σ² Vᵀ (tall)
+    G = lower_gram(side, chunk=CAST_CHUNK)  # (n, n) float64: U Σ² Uᵀ (wide), V Σ² Vᵀ (tall)
     X = torch.linalg.eigh(G, UPLO="L")[1][:, -k:].flip(-1)  # (n, k): ascending, so reverse
-    # wide: (in, out) @ (out, k) -> (in, k) = V_k Σ_k; tall: (out, in) @ (in, k) -> U_k Σ_k
-    W = M64.mT @ X if wide else M64 @ X
+    # wide: Mᵀ X = V_k Σ_k (in, k); tall: M X = U_k Σ_k (out, k); both are sideᵀ X
+    W = _transposed_product_f64(side, X, CAST_CHUNK)  # (m, n) @ (n, k) -> (m, k)
     S = torch.linalg.vector_norm(W, dim=0)  # (k,)
     # Rounding can swap nearly equal σ_i; sort so that S descends as promised.
     S, order = torch.sort(S, descending=True, stable=True)
@@ -167,22 +166,38 @@ def gram_topk_svd(M: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
 
 
 GRAM_BLOCKS = 8
+# Columns of a float32 matrix cast to float64 at a time: a float64 copy of a whole
+# 5504 × 2048 dW would add 90 MB to the peak; 1024 columns of 2048 rows add 16 MB.
+CAST_CHUNK = 1024
 
 
-def lower_gram(X: Tensor, blocks: int = GRAM_BLOCKS) -> Tensor:
-    """X Xᵀ for X (n, m), computed on and below its diagonal blocks only (zeros above).
+def lower_gram(X: Tensor, blocks: int = GRAM_BLOCKS, chunk: int = CAST_CHUNK) -> Tensor:
+    """X Xᵀ in float64 for X (n, m), computed on and below its diagonal blocks only.
 
-    Its lower triangle is exact, which is all eigh(·, UPLO="L") reads.
-
-    Block row i is X_i (X_1 … X_i)ᵀ, so the GEMMs cost (blocks + 1) / (2 · blocks) of
-    the full product: 56 % for 8 blocks (a symmetric rank-k update that torch lacks).
+    Its lower triangle is exact (zeros above the diagonal blocks), which is all
+    eigh(·, UPLO="L") reads. Block row i is X_i (X_1 … X_i)ᵀ, so the GEMMs cost
+    (blocks + 1) / (2 · blocks) of the full product: 56 % for 8 blocks (a symmetric
+    rank-k update, which torch lacks). X is cast to float64 `chunk` columns at a time,
+    G = Σ_c X[:, c] X[:, c]ᵀ.
     """
-    n = int(X.shape[0])
-    G = X.new_zeros(n, n)
+    n, m = int(X.shape[0]), int(X.shape[1])
+    G = torch.zeros(n, n, dtype=torch.float64, device=X.device)
     edges = [round(i * n / blocks) for i in range(blocks + 1)]
-    for low, high in itertools.pairwise(edges):
-        G[low:high, :high] = X[low:high] @ X[:high].mT  # (b, m) @ (m, high) -> (b, high)
+    for start in range(0, m, chunk):
+        Xc = X[:, start : start + chunk].to(torch.float64)  # (n, c)
+        for low, high in itertools.pairwise(edges):
+            G[low:high, :high] += Xc[low:high] @ Xc[:high].mT  # (b, c) @ (c, high)
     return G
+
+
+def _transposed_product_f64(X: Tensor, Y: Tensor, chunk: int = CAST_CHUNK) -> Tensor:
+    """Xᵀ Y in float64 for X (n, m) of any float dtype and Y (n, k) float64, casting X
+    `chunk` columns at a time (rows of the result)."""
+    rows = [
+        X[:, start : start + chunk].to(torch.float64).mT @ Y  # (c, n) @ (n, k) -> (c, k)
+        for start in range(0, int(X.shape[1]), chunk)
+    ]
+    return torch.cat(rows, dim=0)  # (m, k)
 
 
 def triplet_residual(M: Tensor, U: Tensor, S: Tensor, Vh: Tensor) -> float:

@@ -302,11 +302,28 @@ def test_triplet_residual_is_zero_for_exact_and_large_for_wrong_triplets() -> No
     assert triplet_residual(M, U[:, :2], torch.zeros(2, dtype=torch.float64), Vh[:2]) == 0.0
 
 
-@pytest.mark.parametrize("blocks", [1, 3, 8])
-def test_lower_gram_is_exact_on_and_below_the_diagonal(blocks: int) -> None:
-    X = torch.randn(50, 70, generator=torch.Generator().manual_seed(25), dtype=torch.float64)
-    G = lower_gram(X, blocks)
-    torch.testing.assert_close(torch.tril(G), torch.tril(X @ X.T), rtol=0, atol=1e-12)
+@pytest.mark.parametrize(("blocks", "chunk"), [(1, 1024), (3, 16), (8, 70), (8, 7)])
+def test_lower_gram_is_exact_on_and_below_the_diagonal(blocks: int, chunk: int) -> None:
+    # float32 input: the Gram is float64 and exact for the float32 values
+    X = torch.randn(50, 70, generator=torch.Generator().manual_seed(25))
+    G = lower_gram(X, blocks, chunk)
+    X64 = X.double()
+    assert G.dtype == torch.float64
+    torch.testing.assert_close(torch.tril(G), torch.tril(X64 @ X64.T), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("chunk", [5, 64, 4096])
+def test_gram_topk_casts_in_chunks_without_changing_the_result(
+    chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The chunked float64 products are the same products: results agree to rounding
+    M = _with_spectrum(70, 40, GAPPED[:40], seed=26).float()
+    monkeypatch.setattr("flexlora.svd.CAST_CHUNK", chunk)
+    U, S, Vh = gram_topk_svd(M, 10)
+    monkeypatch.undo()
+    U0, S0, Vh0 = gram_topk_svd(M, 10)
+    torch.testing.assert_close((U * S) @ Vh, (U0 * S0) @ Vh0, rtol=0, atol=1e-6)
+    assert _relative((U * S) @ Vh, _truncation(M.double(), 10)) < 1e-6
 
 
 def test_gram_topk_of_a_zero_matrix_is_zero_and_finite() -> None:
