@@ -18,16 +18,18 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from flexlora.client import ClientHost, ClientReply, local_update
-from flexlora.config import ExperimentConfig, config_to_dict
 from flexlora.errors import FlexLoraError
-from flexlora.flower.payload import decode_task, encode_reply
-from flexlora.flower.run_config import config_from_run_config
+
+# Flower 1.42 starts a new ClientApp process for every message: the profile query must
+# not pay for torch, peft and transformers, so the training path imports them itself.
+if TYPE_CHECKING:
+    from flexlora.client import ClientHost
+    from flexlora.config import ExperimentConfig
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +75,8 @@ _MODEL: _NodeModel | None = None  # one run per ClientApp process
 
 def _node_model(cfg: ExperimentConfig, profile: NodeProfile | None) -> _NodeModel:
     """This process's model for `cfg`, loaded once (again only if the run changes)."""
+    from flexlora.config import config_to_dict
+
     global _MODEL
     key = json.dumps([config_to_dict(cfg), str(profile)], sort_keys=True, default=str)
     if _MODEL is None or _MODEL.key != key:
@@ -90,6 +94,7 @@ def _simulation_host(cfg: ExperimentConfig) -> ClientHost:
 def _deployment_host(cfg: ExperimentConfig, profile: NodeProfile) -> ClientHost:
     """The model with every rank class's adapter, and this node's own examples."""
     from flexlora.adapters import AdapterHost, target_module_shapes
+    from flexlora.client import ClientHost
     from flexlora.data.sources.records import load_file_pool
     from flexlora.data.tokenize import tokenize_examples
     from flexlora.experiment import load_model_and_tokenizer, pick_device
@@ -118,6 +123,9 @@ def train(
     message: Message, cfg: ExperimentConfig, profile: NodeProfile | None = None
 ) -> Message:
     """Answer one training task."""
+    from flexlora.client import ClientReply, local_update
+    from flexlora.flower.payload import decode_task, encode_reply
+
     global _MODEL
     task, base = decode_task(message.content)
     dtype = cfg.flower.transport_dtype
@@ -168,6 +176,8 @@ app = ClientApp()
 @app.train()
 def _train_from_run_config(message: Message, context: Context) -> Message:
     """`flwr run`: the run's config comes from its run config, the node's from its own."""
+    from flexlora.flower.run_config import config_from_run_config
+
     profile = NodeProfile.from_node_config(context.node_config)
     return train(message, config_from_run_config(context.run_config), profile)
 

@@ -26,6 +26,7 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    _show_progress()
     try:
         run_from_run_config(grid, context.run_config)
     except FlexLoraError as e:  # one line in the run's log, then Flower marks it failed
@@ -33,12 +34,30 @@ def main(grid: Grid, context: Context) -> None:
         raise
 
 
+def _show_progress() -> None:
+    """flexlora's INFO lines (rounds, evaluations) in the run's log, which `flwr run
+    --stream` shows; the ServerApp process has no CLI to set this up."""
+    import warnings
+
+    flexlora_logger = logging.getLogger("flexlora")
+    if not flexlora_logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("flexlora: %(message)s"))
+        flexlora_logger.addHandler(handler)
+        flexlora_logger.setLevel(logging.INFO)
+    # peft reads a property transformers deprecated: noise the user can do nothing about
+    warnings.filterwarnings(
+        "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
+    )
+
+
 def run_from_run_config(grid: Grid, run_config: dict[str, Any]) -> None:
     from flexlora.commands.run import claim_out_dir, default_out_dir, read_resumable
     from flexlora.flower.engine import serve
     from flexlora.simulation import RunObserver
 
-    out = out_dir_from_run_config(run_config) or default_out_dir()
+    out = (out_dir_from_run_config(run_config) or default_out_dir()).resolve()
+    logger.info("flexlora: the run folder is %s", out)
     resume = bool(run_config.get("resume", False))
     mode = str(run_config.get("mode", "simulation"))
     with claim_out_dir(out, resume=resume):
