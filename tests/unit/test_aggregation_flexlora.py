@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Hashable, Sequence
 
@@ -424,3 +425,81 @@ def test_fast_mode_reports_its_captured_energy_and_residual() -> None:
     assert fast.diagnostics["svd_residual"]["q"] == pytest.approx(float(residual), rel=1e-8)
     assert fast.diagnostics["svd_residual"]["q"] > 0.05
     assert fast.diagnostics["svd_mode"]["q"] == "dense_fast"
+
+
+def reference_rank_partitioned_dW(clients, weights, module: str) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """Segment by segment, by hand: columns (l, h] of every client of rank >= h, weighted
+    by its share of the data among those clients."""
+    total = sum(weights)
+    p = [w / total for w in weights]
+    ranks = [c[module].rank for c in clients]
+    bounds = [0, *sorted(set(ranks))]
+    dW = torch.zeros(clients[0][module].shape, dtype=torch.float64)
+    for low, high in itertools.pairwise(bounds):
+        holders = [k for k, r in enumerate(ranks) if r >= high]
+        share = sum(p[k] for k in holders)
+        for k in holders:
+            f = clients[k][module]
+            # (out, h - l) @ (h - l, in): this client's segment of its update
+            dW += (p[k] / share) * f.scaling * (f.B[:, low:high].double() @ f.A[low:high].double())
+    return dW
+
+
+def test_rank_partitioned_weights_weigh_each_segment_by_its_holders() -> None:
+    # Prepare: ranks 2, 3, 5 with different scalings; recipients at every rank
+    clients = make_clients()
+    targets = targets_for(CLIENTS)
+
+    # Execute
+    result = flexlora(
+        clients, WEIGHTS, targets, {"weighting": "rank-partitioned", "dtype": "float64"}
+    )
+
+    # Assert: dW is the segment-weighted sum; each recipient is its best approximation
+    for module in MODULES:
+        expected = reference_rank_partitioned_dW(clients, WEIGHTS, module)
+        g = result.global_update[module]
+        torch.testing.assert_close(g.B @ g.A, expected, rtol=1e-10, atol=1e-12)
+        U, S, Vh = torch.linalg.svd(expected)
+        for key, spec in targets.items():
+            r = spec.ranks[module]
+            f = result.client_factors[key][module]  # type: ignore[index]
+            best = U[:, :r] @ torch.diag(S[:r]) @ Vh[:r]  # (out, r) (r, r) (r, in)
+            torch.testing.assert_close(f.scaling * (f.B @ f.A), best, rtol=1e-8, atol=1e-10)
+        share = float((S[:2] ** 2).sum() / (S**2).sum())  # smallest recipient rank: 2
+        assert math.isclose(
+            result.diagnostics["energy_in_smallest_rank"][module], share, rel_tol=1e-9
+        )
+    assert result.diagnostics["weighting"] == "rank-partitioned"
+
+
+def test_rank_partitioned_equals_data_weights_when_every_rank_is_the_same() -> None:
+    specs = ((4, 16.0, False), (4, 8.0, True), (4, 32.0, False))
+    clients = make_clients(specs, seed=3)
+    targets = targets_for(specs)
+    plain = flexlora(clients, WEIGHTS, targets, {"dtype": "float64"})
+    partitioned = flexlora(
+        clients, WEIGHTS, targets, {"dtype": "float64", "weighting": "rank-partitioned"}
+    )
+    for module in MODULES:
+        a, b = plain.global_update[module], partitioned.global_update[module]
+        torch.testing.assert_close(a.B @ a.A, b.B @ b.A, rtol=1e-12, atol=1e-14)
+
+
+def test_rank_partitioned_weights_keep_energy_out_of_the_smallest_rank() -> None:
+    """Orthogonal components of equal size: with data weights the components only a
+    rank-8 client holds are scaled by its 1/4 share, with rank-partitioned weights not."""
+    eye = torch.eye(16, dtype=torch.float64)
+    low = {"q": LoraFactors(eye[:, :2].clone(), eye[:2].clone(), 1.0)}  # components 0, 1
+    high = {"q": LoraFactors(eye[:, :8].clone(), eye[:8].clone(), 1.0)}  # components 0..7
+    clients = [low, low, low, high]
+    targets = {0: TargetSpec({"q": 2}, {"q": 1.0}), 1: TargetSpec({"q": 8}, {"q": 1.0})}
+    weights = [1.0, 1.0, 1.0, 1.0]
+    plain = flexlora(clients, weights, targets, {"dtype": "float64"})
+    fixed = flexlora(
+        clients, weights, targets, {"dtype": "float64", "weighting": "rank-partitioned"}
+    )
+    # data weights: σ = 1 for components 0, 1 and 1/4 for 2..7 -> 2 / (2 + 6/16) of the energy
+    assert math.isclose(plain.diagnostics["energy_in_smallest_rank"]["q"], 2 / 2.375, rel_tol=1e-9)
+    # rank-partitioned: every component at σ = 1 -> 2 of 8
+    assert math.isclose(fixed.diagnostics["energy_in_smallest_rank"]["q"], 0.25, rel_tol=1e-9)

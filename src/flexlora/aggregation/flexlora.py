@@ -17,6 +17,22 @@ ones; recorded for the fast path only).
 The global update is exact on every path, tiny singular values included: all R
 components U Σ, Vᵀ of the factored SVD, or the stacked factors themselves when dW was
 formed. A recipient rank above what is available gets zero-padded components.
+
+Rank collapse and its remedy (option `weighting`). With data weights, component i of a
+client's update reaches dW with weight p_k, but only clients of rank ≥ i hold a
+component i: the higher components of dW are the lower-weighted ones, and round after
+round the energy of dW drifts into the smallest shared rank (reported by raFLoRA, Wu et
+al., 2026). `weighting="rank-partitioned"` weights each rank segment by the clients that
+can hold it: with the clients' distinct ranks r_(1) < … < r_(M) and r_(0) = 0, columns
+(r_(m-1), r_(m)] of client k (r_k ≥ r_(m)) get p_k / Σ_{j: r_j ≥ r_(m)} p_j, so every
+segment's weights sum to 1:
+
+    dW = Σ_m Σ_{k: r_k ≥ r_(m)} (p_k / P_m) s_k B_k[:, seg_m] A_k[seg_m, :]
+
+It changes dW (no longer the data-weighted average of the clients' updates) and keeps
+the factored path exact (a column scaling of the stacked B). The collapse shows in
+`diagnostics["energy_in_smallest_rank"][module]`, the share of ‖dW‖_F² in the top r_min
+components (r_min the smallest recipient rank).
 """
 
 from __future__ import annotations
@@ -69,6 +85,9 @@ class FlexLoraOptions(DtypeOptions):
     """Power iterations of the fast SVD; its error falls as (σ_{k+p+1}/σ_k)^(2q+1)."""
     seed: int = 0
     """Seed of the fast SVD's Gaussian sketch (combined with the module name)."""
+    weighting: Literal["data", "rank-partitioned"] = "data"
+    """data: p_k for every component (the paper's); rank-partitioned: each rank segment
+    weighted by the clients that hold it (see the module docstring)."""
 
     def __post_init__(self) -> None:
         if self.oversample < 0:
@@ -106,10 +125,17 @@ def aggregate(
     diagnostics["svd_mode"] = {}
     diagnostics["svd_captured_energy"] = {}
     diagnostics["svd_residual"] = {}
+    diagnostics["energy_in_smallest_rank"] = {}
+    diagnostics["weighting"] = opts.weighting
     client_factors: dict[Hashable, dict[str, LoraFactors]] = {key: {} for key in targets}
     global_update: dict[str, GlobalUpdate] = {}
     for module in inputs.modules:
         Bc, Ac = stack_scaled_factors(clients, module, inputs.probabilities, dtype, inputs.device)
+        if opts.weighting == "rank-partitioned":
+            ranks = [client[module].rank for client in clients]
+            column_weights = rank_partitioned_weights(ranks, inputs.probabilities)
+            # each column of Bc carries p_k already: rescale it to p_k / P_m
+            Bc = Bc * torch.cat(column_weights).to(Bc)[None, :]  # (out, R) * (1, R)
         r_max = max((spec.ranks[module] for spec in targets.values()), default=1)
         svd = _decompose(Bc, Ac, r_max, opts, module)
         out_dtype = inputs.output_dtypes[module]
@@ -127,9 +153,37 @@ def aggregate(
         diagnostics["global_rank"][module] = int(svd.global_A.shape[0])
         diagnostics["svd_mode"][module] = svd.path
         diagnostics["svd_captured_energy"][module] = captured_energy(svd.S, svd.total_energy)
+        r_min = min((spec.ranks[module] for spec in targets.values()), default=1)
+        diagnostics["energy_in_smallest_rank"][module] = captured_energy(
+            svd.S[:r_min], svd.total_energy
+        )
         if svd.residual is not None:
             diagnostics["svd_residual"][module] = svd.residual
     return AggregationResult(client_factors, global_update, False, diagnostics)
+
+
+def rank_partitioned_weights(ranks: Sequence[int], probabilities: Sequence[float]) -> list[Tensor]:
+    """Per client k, a factor (r_k,) for each of its columns: 1 / P_m for the columns in
+    segment m, P_m = Σ_{j: r_j ≥ r_(m)} p_j, so that p_k times it is the segment's weight.
+
+    Segments are delimited by the clients' distinct ranks: (r_(m-1), r_(m)].
+    """
+    bounds = sorted(set(ranks))
+    holders = {  # segment end -> the data weight of the clients that reach it
+        end: sum(p for r, p in zip(ranks, probabilities, strict=True) if r >= end) for end in bounds
+    }
+    factors = []
+    for rank in ranks:
+        column = torch.empty(rank, dtype=torch.float64)
+        start = 0
+        for end in bounds:
+            if end > rank:
+                break
+            # nobody with weight reaches this segment: it stays out, as with data weights
+            column[start:end] = 1.0 / holders[end] if holders[end] > 0 else 0.0
+            start = end
+        factors.append(column)
+    return factors
 
 
 def _decompose(
