@@ -54,8 +54,10 @@ class HetLoraOptions(DtypeOptions):
     """sparsity: S_k / Σ S_j (the paper); sparsity_x_data: p_k S_k / Σ p_j S_j."""
     gamma: float = 0.99
     """Decay ratio γ in (0, 1]: pruning keeps ⌊γ r⌋ components; the regulariser hits the rest."""
-    reg_lambda: float = 0.0
-    """Weight λ of the tail-norm regulariser in the local loss (0 = off)."""
+    reg_lambda: float = 0.01
+    """Weight λ of the tail-norm regulariser in the local loss; 0 switches the regulariser
+    and the self-pruning off. HETLoRA's text gives no value we could confirm; 0.01 is what
+    public reimplementations use, with γ = 0.99 (docs/methods.md)."""
     min_rank: int = 1
     """Self-pruning never goes below this rank."""
 
