@@ -25,7 +25,6 @@ from flexlora.experiment import run_experiment
 from flexlora.flower.local import LocalDeployment, NodeSpec, _alive
 
 pytestmark = pytest.mark.deployment
-pytest.importorskip("flwr")  # the flower extra (Python >= 3.11)
 
 RANK_TYPES = [2, 4, 8]
 CAPACITY = (2, 8)  # max-rank of the first and second node -> rank types 0 and 2

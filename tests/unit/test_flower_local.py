@@ -24,8 +24,6 @@ from flexlora.flower.local import (
     make_node_key,
 )
 
-flwr = pytest.importorskip("flwr")
-
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pathspec, inside flwr
 def test_the_app_folder_packs_into_a_bundle_of_its_pyproject_alone() -> None:
