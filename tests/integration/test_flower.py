@@ -341,6 +341,60 @@ def test_deployment_nodes_train_their_own_data_at_their_declared_capacity(
     assert_same_global(tmp_path / "deployed", tmp_path / "local", rtol=1e-6)
 
 
+def test_a_deployment_node_gone_offline_is_left_out_of_later_rounds_without_a_wait(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    # Prepare: three nodes, one client each; node 3 goes offline after its profile
+    # query, as a killed SuperNode does once it has missed its heartbeats: the SuperLink
+    # lists only nodes 1 and 2 and answers a message to node 3 with its own error
+    exported = tmp_path / "exported"
+    sets = [a for s in quick(tiny_model, tmp_path / "cache") for a in ("--set", s)]
+    assert main(["data", "export", *sets, "--out", str(exported)]) == 0
+    ids = json.loads((exported / "clients.json").read_text())["seen"][:3]
+    three = tmp_path / "three-clients"
+    three.mkdir()
+    for cid in ids:
+        for split in ("training", "eval", "test"):
+            name = f"local_{split}_{cid}.json"
+            (three / name).write_text((exported / name).read_text())
+    cfg = load_config(None, [
+        *quick(tiny_model, tmp_path / "cache"),
+        "data.kind=flexlora-ni",
+        f"data.path={three}",
+        "federation.min_replies=2",
+        "flower.supernodes=3",
+        "flower.round_timeout=2",  # without the fix: "only 2 of 3 SuperNodes connected"
+    ])  # fmt: skip
+    profiles = {
+        node: client_app.NodeProfile(cid, three / f"local_training_{cid}.json", None, 8)
+        for node, cid in zip((1, 2, 3), ids, strict=True)
+    }
+
+    def handle(node: int, message: Message) -> Message:
+        if message.metadata.message_type == "query":
+            if node == 3:
+                grid.nodes = [1, 2]  # offline from now on
+            return client_app.profile_reply(message, profiles[node])
+        if node == 3:
+            error = Message(Error(code=5, reason="Error: Node Unavailable"), reply_to=message)
+            error.metadata.__dict__["_src_node_id"] = 1  # the SuperLink's own id
+            return error
+        return client_app.train(message, cfg, profiles[node])
+
+    grid = LocalGrid([1, 2, 3], handle)
+
+    # Execute
+    serve(grid, cfg, tmp_path / "run", RunObserver(), None, mode="deployment")
+
+    # Assert: both rounds ran with nodes 1 and 2; node 3's client is named, with its node
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == [1, 2]
+    for record in records:
+        assert record["clients_failed"] == [
+            {"client": ids[2], "reason": "node 3 failed: Error: Node Unavailable"}
+        ]
+
+
 class CrashAfterRound(RunObserver):
     def __init__(self, round_index: int) -> None:
         self.round_index = round_index

@@ -88,7 +88,12 @@ def serve(
         assign = {p.client_id: declared_type(p, cfg, prepared.shapes) for p in profiles.values()}
         deployed = replace(cfg, ranks=replace(cfg.ranks, assign=assign))
         server = Server.build(deployed, prepared.shapes, sorted(node_of))
-        nodes = len(found)
+        # Each task goes to its client's own node by id, online or not: a node that has
+        # died gets the SuperLink's "node unavailable" error (or no reply within
+        # round_timeout) and its client is left out of the round. So a round waits only
+        # for as many connected nodes as it needs replies, not for every node, or one
+        # dead node would stop the run at the next round.
+        nodes = min(cfg.federation.min_replies, len(found))
 
         def choose_node(client_id: str, connected: Sequence[int], position: int) -> int:
             return node_of[client_id]

@@ -120,16 +120,18 @@ class FlexLoraStrategy(Strategy):
     ) -> tuple[list[ClientReply], dict[str, dict[str, int]]]:
         """Each reply matched to the task it answers; an error message becomes a failed
         reply with the node's reason. Bytes sent and received per client."""
-        by_message_id = {m.metadata.message_id: t for t, m, _ in self._sent}
+        sent = {m.metadata.message_id: (t, m.metadata.dst_node_id) for t, m, _ in self._sent}
         traffic = {t.client_id: {"sent": n, "received": 0} for t, _, n in self._sent}
         out: list[ClientReply] = []
         for reply in replies:
-            task = by_message_id.get(reply.metadata.reply_to_message_id)
+            task, node = sent.get(reply.metadata.reply_to_message_id, (None, None))
             if reply.has_error():
                 if task is None:
                     logger.warning("an error reply matches no task: %s", reply.error.reason)
                     continue
-                reason = f"node {reply.metadata.src_node_id} failed: {reply.error.reason}"
+                # the node the task went to: an error the SuperLink makes for a node it
+                # sees offline ("Node Unavailable") comes from the SuperLink's own id
+                reason = f"node {node} failed: {reply.error.reason}"
                 out.append(ClientReply(task.client_id, None, 0, error=reason))
                 continue
             try:
