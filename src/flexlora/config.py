@@ -406,7 +406,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return {_coerce(k, kt, key): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # an int of 309 digits or more
+                raise FlexLoraError(f"{key}: the number is too large (over 1.8e308)") from None
         if isinstance(value, str):
             # YAML 1.1 reads an exponent without a dot (3e-4, 1E+2) as a string
             try:
@@ -490,8 +493,14 @@ class StrictLoader(yaml.SafeLoader):
 
 
 def yaml_load(text: str) -> Any:
-    """Parse YAML text safely, refusing repeated keys (DuplicateKeyError)."""
-    return yaml.load(text, Loader=StrictLoader)  # StrictLoader is a SafeLoader
+    """Parse YAML text safely, refusing repeated keys (DuplicateKeyError); a value Python
+    cannot hold (an int of over 4,300 digits, nesting deeper than the stack) is a
+    YAMLError too."""
+    try:
+        return yaml.load(text, Loader=StrictLoader)  # StrictLoader is a SafeLoader
+    except (ValueError, RecursionError) as e:
+        reason = "nested too deep" if isinstance(e, RecursionError) else str(e).split(":")[0]
+        raise yaml.YAMLError(f"a value cannot be read ({reason})") from e
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -152,11 +152,19 @@ def module_rank_and_alpha(config: Mapping[str, Any], module: str) -> tuple[int, 
     alpha = alpha_pattern[a_key] if a_key is not None else config.get("lora_alpha", _DEFAULT_ALPHA)
     if not isinstance(r, int) or isinstance(r, bool) or r < 1:
         raise FlexLoraError(f"module {module}: rank must be a positive int, config gives {r!r}")
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha):
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not _finite(alpha):
         raise FlexLoraError(
             f"module {module}: lora_alpha must be a finite number, config gives {alpha!r}"
         )
     return r, float(alpha)
+
+
+def _finite(x: float) -> bool:
+    """math.isfinite, False (not OverflowError) for an int too large for a float."""
+    try:
+        return math.isfinite(x)
+    except OverflowError:
+        return False
 
 
 def check_lora_config(config: Mapping[str, Any], where: str) -> None:
@@ -204,8 +212,9 @@ def read_adapter(folder: str | Path) -> PeftAdapter:
         raise FlexLoraError(f"{folder}: no {WEIGHTS_NAME}{other}")
     try:
         config = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise FlexLoraError(f"{config_path}: not valid JSON ({e})") from e
+    except (ValueError, RecursionError) as e:  # broken JSON, not UTF-8, a 5,000-digit int
+        reason = "nested too deep" if isinstance(e, RecursionError) else str(e)[:200]
+        raise FlexLoraError(f"{config_path}: not valid JSON ({reason})") from e
     if not isinstance(config, dict):
         raise FlexLoraError(f"{config_path}: expected a JSON object")
     check_lora_config(config, str(folder))

@@ -28,6 +28,7 @@ import torch
 import yaml
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
+from hypothesis.control import currently_in_test_context
 
 from fixtures.data_fixtures import WORDS, dolly_records, make_bpe_tokenizer, record
 from flexlora.config import (
@@ -67,13 +68,19 @@ def accepts_or_refuses(load: Callable[[], T]) -> T | FlexLoraError:
     try:
         result = load()
     except FlexLoraError as e:
-        event("refused")
+        _event("refused")
         message = str(e)
         assert message.strip(), f"{type(e).__name__} with no message"
         assert "\n" not in message, f"a user error is one line, got {message!r}"
         return e
-    event("accepted")
+    _event("accepted")
     return result
+
+
+def _event(name: str) -> None:
+    """Count `name` in hypothesis's statistics (--hypothesis-show-statistics)."""
+    if currently_in_test_context():
+        event(name)
 
 
 @contextmanager
@@ -102,9 +109,11 @@ NASTY_NUMBERS = st.sampled_from(
         -math.inf,
     ]
 )
+HUGE = ["1" * 5000, "[" * 3000, "9" * 400]  # an int json / YAML / float cannot hold
 NASTY_STRINGS = st.sampled_from(
-    ["", " ", "3e-4", ".nan", "-.inf", "1e400", "null", "~", "yes", "cuda:x", "builtin:",
-     "../..", "\x00", "é", "2001-12-14", "[1,", "{a: 1", "*ref", "!!python/object:os.system"]
+    [*HUGE, "", " ", "3e-4", ".nan", "-.inf", "1e400", "null", "~", "yes", "cuda:x",
+     "builtin:", "../..", "\x00", "é", "2001-12-14", "[1,", "{a: 1", "*ref",
+     "!!python/object:os.system"]
 )  # fmt: skip
 LEAVES = st.one_of(
     st.none(),
@@ -210,7 +219,11 @@ def _accepted_config_survives_a_save(cfg: ExperimentConfig) -> None:
     st.one_of(st.just({}), OVERRIDES),
     st.lists(GOOD_VALUES, max_size=3),
     st.lists(PLAUSIBLE, max_size=3),
-    st.one_of(st.just([]), st.lists(st.text(max_size=30), max_size=2)),
+    st.one_of(
+        st.just([]),
+        st.lists(st.text(max_size=30), max_size=2),
+        st.lists(st.builds("{}={}".format, DOTTED_KEYS, NASTY_STRINGS), max_size=2),
+    ),
 )
 def test_random_set_overrides_are_accepted_or_refused_in_one_line(
     values: dict[str, Any],
@@ -230,6 +243,7 @@ def test_random_set_overrides_are_accepted_or_refused_in_one_line(
 
 CONFIG_FILE_TEXT = st.one_of(
     st.text(max_size=200),  # random YAML text
+    st.builds("{}: {}\n".format, st.sampled_from(list(DEFAULT_TREE)), NASTY_STRINGS),
     st.builds(
         lambda changes: _yaml_text({**DEFAULT_TREE, **changes}),
         st.dictionaries(st.sampled_from(list(DEFAULT_TREE)), JSON_LIKE, max_size=3),
@@ -270,6 +284,7 @@ def test_random_config_files_are_accepted_or_refused_in_one_line(
 
 @FUZZ
 @given(st.dictionaries(DOTTED_KEYS, JSON_LIKE, max_size=6))
+@example({"flower.client_cpus": 10**400})  # found: OverflowError turning the int into a float
 def test_random_config_trees_are_accepted_or_refused_in_one_line(values: dict[str, Any]) -> None:
     tree = json.loads(json.dumps(DEFAULT_TREE))
     for key, value in values.items():
@@ -285,7 +300,12 @@ def test_random_config_trees_are_accepted_or_refused_in_one_line(values: dict[st
 @st.composite
 def damaged(draw: st.DrawFn, content: bytes) -> bytes:
     """`content` damaged one of the ways a real file gets damaged."""
-    how = draw(st.sampled_from(["cut", "flip", "insert", "random", "utf16", "latin1", "none"]))
+    how = draw(
+        st.sampled_from(["cut", "flip", "insert", "random", "utf16", "latin1", "huge", "none"])
+    )
+    if how == "huge":  # what Python cannot hold: a 5,000-digit int, 3,000 levels of nesting
+        at = draw(st.integers(0, len(content)))
+        return content[:at] + draw(st.sampled_from([b"1" * 5000, b"[" * 3000])) + content[at:]
     if how in ("cut", "flip") and not content:
         how = "random"
     if how == "cut":
@@ -576,6 +596,30 @@ def test_a_damaged_token_cache_is_rebuilt_never_a_crash(content: bytes) -> None:
         # ... and the file was rebuilt: the next run loads it
         second = cache.load_or_tokenize(CACHE_DATA, TOKENIZER, CACHE_CFG)
         assert second.from_cache and _same_tokens(second.splits)
+
+
+@pytest.mark.parametrize("huge", HUGE)
+def test_values_python_cannot_hold_are_refused_in_one_line(huge: str) -> None:
+    """Found by the properties: a 5,000-digit int or 3,000 levels of nesting made json and
+    YAML raise ValueError / RecursionError, and a 400-digit int an OverflowError, each a
+    traceback instead of one line, in every loader below."""
+    with scratch() as d:
+        (d / "c.yaml").write_text(f"federation:\n  lr: {huge}\n")
+        (d / "data.jsonl").write_text(f'{{"instruction": {huge}}}\n')
+        (d / "data.json").write_text(f'[{{"instruction": {huge}}}]')
+        adapter = d / "adapter"
+        adapter.mkdir()
+        (adapter / WEIGHTS_NAME).write_bytes(ADAPTER[WEIGHTS_NAME])
+        (adapter / CONFIG_NAME).write_text(f'{{"peft_type": "LORA", "lora_alpha": {huge}}}')
+        loads: list[Callable[[], object]] = [
+            lambda: load_config(None, [f"federation.lr={huge}"]),
+            lambda: load_config(d / "c.yaml"),
+            lambda: load_federated_dataset(DataConfig(kind="jsonl", path=str(d / "data.jsonl")), 0),
+            lambda: load_federated_dataset(DataConfig(kind="jsonl", path=str(d / "data.json")), 0),
+            lambda: read_adapter(adapter),
+        ]
+        for load in loads:
+            assert isinstance(accepts_or_refuses(load), FlexLoraError)
 
 
 def test_the_fixtures_are_sound() -> None:

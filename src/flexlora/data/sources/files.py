@@ -38,6 +38,15 @@ def parse_json(text: str, path: Path) -> Any:
         raise FlexLoraError(
             f"{path}: broken JSON at line {e.lineno} column {e.colno} (char {e.pos}): {e.msg}"
         ) from e
+    except (ValueError, RecursionError) as e:
+        raise FlexLoraError(f"{path}: unreadable JSON ({_reason(e)})") from e
+
+
+def _reason(e: Exception) -> str:
+    """Why json refused a document it could parse: a value Python cannot hold."""
+    if isinstance(e, RecursionError):
+        return "nested too deep"
+    return str(e).split(":")[0]  # "Exceeds the limit (4300 digits) for integer string ..."
 
 
 def read_json(path: Path) -> Any:
@@ -56,6 +65,8 @@ def iter_jsonl(text: str, path: Path) -> Iterator[tuple[int, Any]]:
             raise FlexLoraError(
                 f"{path} line {lineno}: broken JSON at column {e.colno}: {e.msg}"
             ) from e
+        except (ValueError, RecursionError) as e:
+            raise FlexLoraError(f"{path} line {lineno}: unreadable JSON ({_reason(e)})") from e
 
 
 def read_records(path: Path) -> tuple[list[tuple[int, Any]], str]:
