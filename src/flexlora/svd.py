@@ -8,7 +8,8 @@ A (R, in). Three ways to get its leading singular triplets:
 - dense exact (R >= min(out, in)): form dW with one GEMM, then the float64 Gram matrix
   of its smaller side (n × n, n = min(out, in)) and its symmetric eigendecomposition;
   the top k eigenvectors are one side's singular vectors, and one more GEMM gives the
-  other side (`gram_topk_svd`). About 2·n²·max(out, in) + 9n³ flops, no out × in SVD.
+  other side (`gram_topk_svd`). About n²·max(out, in) flops for the Gram's lower half,
+  ~9n³ for eigh and 2·n·max(out, in)·k for the other side: no out × in SVD.
 - dense fast: form dW and run a randomised subspace iteration for the top k triplets
   (Halko, Martinsson & Tropp 2011, algorithm 4.4): a Gaussian sketch of k + oversample
   columns, `power_iters` re-orthonormalised power iterations, then an exact SVD of the
