@@ -6,9 +6,11 @@ mistake). Where acceptance has a meaning, it is checked too: an accepted config 
 and reloads to itself (what `--resume` relies on), a damaged token cache is rebuilt to
 exactly the tokens of a fresh tokenisation.
 
-Budget: EXAMPLES examples per property (about 30 s for the file on a 2-core CPU), no
-example database (nothing written to the checkout); a failure prints the seed that
-reproduces it (`@reproduce_failure`).
+Budget: EXAMPLES examples per property, half for the two torch-file ones (420 in all,
+12-16 s for the file on a shared 2-core CPU); FLEXLORA_FUZZ_EXAMPLES raises it for a
+longer hunt. No example database (nothing written to the checkout); a failure prints
+the smallest input that shows it. Inputs that once failed are pinned with @example or
+in test_values_python_cannot_hold_are_refused_in_one_line.
 """
 
 from __future__ import annotations
