@@ -407,7 +407,10 @@ def test_resume_refuses_bad_requests(
     (damaged / "checkpoint.pt").write_bytes(b"not a checkpoint")
     cases = [
         (["--resume", str(done)], "already completed its 1 rounds"),
-        (["--resume", str(done), "--set", "federation.rounds=2"], "give no CONFIG, --set, --out or --engine"),
+        (
+            ["--resume", str(done), "--set", "federation.rounds=2"],
+            "give no CONFIG, --set, --out or --engine",
+        ),
         (["--resume", str(empty)], "has no checkpoint.pt"),
         (["--resume", str(tmp_path / "missing")], "is not a directory"),
         (["--resume", str(damaged)], "is unreadable"),

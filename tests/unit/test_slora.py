@@ -28,7 +28,8 @@ def test_the_average_weights_clients_by_their_data() -> None:
     weights = [10.0, 30.0, 60.0]
     got = average_sparse([{"m": torch.tensor(v, dtype=torch.float32)} for v in values], weights)
     expected = sum(
-        w / 100.0 * v.astype(np.float32).astype(np.float64) for w, v in zip(weights, values)
+        w / 100.0 * v.astype(np.float32).astype(np.float64)
+        for w, v in zip(weights, values, strict=True)
     )
     np.testing.assert_allclose(got["m"].numpy(), expected, rtol=1e-6)
     with pytest.raises(FlexLoraError, match="sum to 0"):
