@@ -296,9 +296,7 @@ class FlowerConfig:
         if not (self.client_gpus >= 0 and math.isfinite(self.client_gpus)):
             raise FlexLoraError(f"flower.client_gpus must be >= 0, got {self.client_gpus}")
         if not self.round_timeout > 0:
-            raise FlexLoraError(
-                f"flower.round_timeout must be positive, got {self.round_timeout}"
-            )
+            raise FlexLoraError(f"flower.round_timeout must be positive, got {self.round_timeout}")
 
 
 @dataclass

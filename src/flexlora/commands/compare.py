@@ -308,6 +308,7 @@ BASE_ROW = "base model"
 METRICS = {"unseen_rougeL": 2, "unseen_loss": 3}
 HIGHER_IS_BETTER = {"unseen_rougeL": True, "unseen_loss": False}
 
+
 def paired_baseline(row: str) -> str | None:
     """The homogeneous row a "recipe + FlexLoRA" row is measured against (the paper's
     Table 3): `flexlora` (FedIT's recipe) -> `fedit-min`, `RECIPE+flexlora` ->
@@ -322,6 +323,7 @@ def paired_baseline(row: str) -> str | None:
 
 def paired_baselines(rows: Sequence[str]) -> dict[str, str]:
     return {row: base for row in rows if (base := paired_baseline(row)) is not None}
+
 
 REFERENCE_ROW = "fedit-min"
 """Every heterogeneous method is also tested against FedIT at the smallest rank: the

@@ -55,9 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "export", help="one folder of per-client JSON files (for Flower SuperNodes)"
     )
     export.add_argument("config", nargs="?", help="YAML config (default: the built-in defaults)")
-    export.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE"
-    )
+    export.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     export.add_argument("--out", type=Path, required=True, help="a new (or empty) folder")
     export.set_defaults(func=export_command)
 

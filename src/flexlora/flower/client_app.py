@@ -119,9 +119,7 @@ def _deployment_host(cfg: ExperimentConfig, profile: NodeProfile) -> ClientHost:
     )
 
 
-def train(
-    message: Message, cfg: ExperimentConfig, profile: NodeProfile | None = None
-) -> Message:
+def train(message: Message, cfg: ExperimentConfig, profile: NodeProfile | None = None) -> Message:
     """Answer one training task."""
     from flexlora.client import ClientReply, local_update
     from flexlora.flower.payload import decode_task, encode_reply
