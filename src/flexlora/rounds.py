@@ -180,6 +180,12 @@ class Server:
                 f"method {method.name} trains one homogeneous rank: give a single rank type "
                 "(e.g. --set 'ranks.types=[8]')"
             )
+        wanted = config.federation.clients_per_round
+        if wanted is not None and wanted > len(client_ids):
+            raise FlexLoraError(
+                f"federation.clients_per_round={wanted} but the data has only "
+                f"{len(client_ids)} seen clients"
+            )
         recipe_options, aggregation_options = method.resolve_options(
             config.method_options, config.recipe_options, config.seed
         )

@@ -528,6 +528,29 @@ def test_bad_arguments(
     assert_failed(capsys, rc, out, *parts)
 
 
+def test_the_same_folder_twice_is_refused(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    first = str(world.adapters[0])
+    again = str(world.adapters[0]) + "/."  # the same folder, spelt differently
+    rc = run([first, str(world.adapters[1]), again, "--out", str(out)])
+    assert_failed(capsys, rc, out, "given twice", "weighted twice")
+
+
+def test_a_rank_above_the_module_is_capped_not_padded(
+    world: World, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING"):
+        rc = run([*map(str, world.adapters), "--out", str(out), "--ranks", "100000,2,2"])
+    assert rc == 0
+    assert "capped at min(out, in)" in caplog.text
+    config = json.loads((out / "client-0" / "adapter_config.json").read_text())
+    ranks = [config["r"], *config.get("rank_pattern", {}).values()]
+    assert max(ranks) == 32  # min(out, in) of every target module of the hidden-32 model
+
+
 def test_missing_adapter_folder(
     world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -513,3 +513,25 @@ def test_the_cpu_paper_grid_runs_and_prints_its_three_tables(
     assert "paired permutation test" in text
     runs = json.loads((out / "results.json").read_text())["runs"]
     assert runs["slora+flexlora"]["uniform"][0]["unseen_loss"] > 0
+
+
+def test_more_clients_a_round_than_the_data_has_is_refused(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sets = [*quick_overrides(tiny_model, tmp_path / "cache"), "federation.clients_per_round=50"]
+    out = tmp_path / "run"
+    assert run_cli(["run", "--quiet", "--out", str(out), *set_args(sets)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "clients_per_round=50 but the data has only 4 seen" in err[0]
+
+
+def test_a_run_without_unseen_clients_says_why_its_headline_is_missing(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sets = [
+        *quick_overrides(tiny_model, tmp_path / "cache"),
+        "federation.rounds=1",
+        "data.unseen={count: 0}",
+    ]
+    assert run_cli(["run", "--out", str(tmp_path / "run"), *set_args(sets)]) == 0
+    assert "No unseen clients: this data holds out none" in capsys.readouterr().out

@@ -102,6 +102,15 @@ def run_aggregate(args: argparse.Namespace) -> int:
         )
     # what an aggregate to this OUT that was killed left beside it (possibly hundreds of MB)
     remove_stale_temps(out.parent, recursive=False, target=out.name)
+    seen: dict[Path, Path] = {}
+    for folder in args.adapters:
+        resolved = Path(folder).resolve()
+        if resolved in seen:
+            raise FlexLoraError(
+                f"{folder}: the same adapter folder is given twice (as {seen[resolved]}); "
+                "it would be weighted twice"
+            )
+        seen[resolved] = Path(folder)
     weights = parse_weights(args.weights, len(args.adapters))
     new_ranks = parse_ranks(args.ranks, len(args.adapters))
     method = get_aggregation(args.method).aggregate
@@ -277,9 +286,21 @@ def build_targets(
             ranks = adapter.ranks
             scalings = {m: f.scaling for m, f in adapter.factors.items()}
         else:
-            ranks = {m: new_ranks[i] for m in adapter.factors}
+            # a rank above min(out, in) adds only zero components: capped, as `run` does
+            ranks = {m: min(new_ranks[i], min(f.shape)) for m, f in adapter.factors.items()}
+            capped = sorted(m for m in ranks if ranks[m] < new_ranks[i])
+            if capped:
+                logger.warning(
+                    "--ranks: adapter %d asks rank %d; capped at min(out, in) on %d modules "
+                    "(first: %s, to %d)",
+                    i,
+                    new_ranks[i],
+                    len(capped),
+                    capped[0],
+                    ranks[capped[0]],
+                )
             scalings = {
-                m: lora_scaling(adapter.alphas[m], new_ranks[i], adapter.use_rslora)
+                m: lora_scaling(adapter.alphas[m], ranks[m], adapter.use_rslora)
                 for m in adapter.factors
             }
         targets[i] = TargetSpec(ranks=ranks, scalings=scalings)

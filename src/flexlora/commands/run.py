@@ -211,10 +211,18 @@ def print_summary(console: Console, summary: dict[str, Any], out: Path) -> None:
         if base
         else ""
     )
-    console.print(
-        f"Unseen clients (never trained on): Rouge-L {_fmt(final.get('unseen_rougeL'))}, "
-        f"loss {_fmt(final.get('unseen_loss'), 3)}{before}.  "
+    timing = (
         f"Time {summary['timings']['total_seconds']:.0f} s "
         f"(aggregation {summary['timings']['aggregate_seconds']:.2f} s)."
     )
+    if summary["data"]["unseen_clients"] == 0:
+        console.print(
+            "No unseen clients: this data holds out none, so the headline metric is not "
+            "measured (hold some out with data.unseen.fraction or data.unseen.count).  " + timing
+        )
+    else:
+        console.print(
+            f"Unseen clients (never trained on): Rouge-L {_fmt(final.get('unseen_rougeL'))}, "
+            f"loss {_fmt(final.get('unseen_loss'), 3)}{before}.  " + timing
+        )
     console.print(f"Results in {out}/ (summary.json, metrics.jsonl, adapters/, plots/)")
