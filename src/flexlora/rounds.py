@@ -482,8 +482,23 @@ def aggregate_round(
     else:
         updates = [r.factors for r in accepted if r.factors is not None]
         aggregate = server.method.aggregation.aggregate
-        result = aggregate(updates, weights, targets, server.aggregation_options)
+        try:
+            result = aggregate(updates, weights, targets, server.aggregation_options)
+        except torch.linalg.LinAlgError as e:  # finite replies whose products overflow
+            raise RoundFailure(
+                f"round {state.round + 1}: the aggregation failed on the clients' updates "
+                f"({str(e).splitlines()[0]}): lower federation.lr or set "
+                "federation.max_update_norm; the run can go on with --resume"
+            ) from e
 
+    for name, g in result.global_update.items():
+        if not (bool(torch.isfinite(g.B).all()) and bool(torch.isfinite(g.A).all())):
+            # finite replies whose average overflows: nothing of this round may be kept
+            raise RoundFailure(
+                f"round {state.round + 1}: the aggregated update of {name} is not finite "
+                "(the clients' updates are too large: lower federation.lr or set "
+                "federation.max_update_norm); the run can go on with --resume"
+            )
     client_ranks = dict(state.client_ranks)
     for reply in accepted:
         class_ranks = server.class_ranks(state.client_class[reply.client_id])

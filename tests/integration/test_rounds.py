@@ -288,3 +288,25 @@ def test_slora_trains_a_shared_sparse_mask_then_starts_lora_from_its_svd(
         first.start[next(iter(server.shapes))].B,
         (new_state.class_factors or {})[first.rank_class][next(iter(server.shapes))].B,
     )
+
+
+def test_an_aggregate_that_overflows_stops_the_round_before_anything_is_kept(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    run = prepare(tiny_model, tmp_path)
+    server = run.server
+    state = initial_state(server)
+    tasks = make_tasks(server, state, sample_clients(server, state))
+    replies = [local_update(run.engine.client, t) for t in tasks]
+    huge = [
+        dataclasses.replace(
+            r,
+            factors={
+                n: LoraFactors(f.B.fill_(3e38), f.A.fill_(3e38), f.scaling)
+                for n, f in r.factors.items()
+            },  # type: ignore[union-attr]
+        )
+        for r in replies
+    ]
+    with pytest.raises(RoundFailure, match=r"round 1: the aggregat.* lower federation\.lr"):
+        aggregate_round(server, state, tasks, huge)
