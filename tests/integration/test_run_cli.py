@@ -535,3 +535,20 @@ def test_a_run_without_unseen_clients_says_why_its_headline_is_missing(
     ]
     assert run_cli(["run", "--out", str(tmp_path / "run"), *set_args(sets)]) == 0
     assert "No unseen clients: this data holds out none" in capsys.readouterr().out
+
+
+def test_a_diverging_run_ends_with_one_line_and_a_resumable_folder(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """issue 9's first finding: lr=1e30 used to exit 0 with adapters near 4e30."""
+    sets = [
+        *quick_overrides(tiny_model, tmp_path / "cache"),
+        "federation.lr=1.0e+30",
+        "federation.local_steps=1",
+    ]
+    out = tmp_path / "run"
+    assert run_cli(["run", "--quiet", "--out", str(out), *set_args(sets)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "lower federation.lr" in err[0], err
+    assert "round 1" in err[0]
+    assert (out / "checkpoint.pt").is_file() and not (out / "adapters").exists()
