@@ -31,7 +31,11 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_resolve_model_path() -> None:
     assert resolve_model_path("builtin:flexlora-tiny") == str(BUILTIN_MODELS["flexlora-tiny"])
-    assert resolve_model_path("/some/local/model") == "/some/local/model"
+    assert resolve_model_path(str(BUILTIN_MODELS["flexlora-tiny"])) == str(
+        BUILTIN_MODELS["flexlora-tiny"]
+    )  # a local folder that exists: as given
+    with pytest.raises(FlexLoraError, match="model folder not found: /some/local/model"):
+        resolve_model_path("/some/local/model")  # a local path that does not: said so
     assert resolve_model_path("meta-llama/Llama-2-7b-hf") == "meta-llama/Llama-2-7b-hf"
     with pytest.raises(
         FlexLoraError, match=r"unknown builtin model 'nope' \(known: flexlora-tiny\)"
