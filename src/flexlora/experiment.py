@@ -54,6 +54,7 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
 
 def load_model_and_tokenizer(cfg: ExperimentConfig, device: torch.device) -> tuple[Any, Any]:
     """transformers AutoModelForCausalLM + AutoTokenizer from a local path or hub id."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_path(cfg.model.path)
@@ -61,7 +62,7 @@ def load_model_and_tokenizer(cfg: ExperimentConfig, device: torch.device) -> tup
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, SafetensorError) as e:  # missing, unreadable or cut short
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise FlexLoraError(f"cannot load model {cfg.model.path}: {first}") from e
     if tokenizer.pad_token_id is None:

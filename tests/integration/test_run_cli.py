@@ -552,3 +552,19 @@ def test_a_diverging_run_ends_with_one_line_and_a_resumable_folder(
     assert len(err) == 1 and "lower federation.lr" in err[0], err
     assert "round 1" in err[0]
     assert (out / "checkpoint.pt").is_file() and not (out / "adapters").exists()
+
+
+def test_a_truncated_model_file_is_one_line(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    broken = tmp_path / "broken-model"
+    shutil.copytree(tiny_model, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    sets = [*quick_overrides(broken, tmp_path / "cache")]
+    out = tmp_path / "run"
+    assert run_cli(["run", "--quiet", "--out", str(out), *set_args(sets)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot load model" in err[0], err
