@@ -26,6 +26,7 @@ import torch
 from flexlora.aggregation import get_aggregation
 from flexlora.aggregation.base import AggregationResult, GlobalUpdate, TargetSpec
 from flexlora.aggregation.common import stable_seed
+from flexlora.aggregation.hetlora import update_norm
 from flexlora.client import ClientReply, ClientTask
 from flexlora.config import ExperimentConfig
 from flexlora.errors import FlexLoraError
@@ -427,10 +428,8 @@ def _check_sparse(
 
 
 def _update_norm(f: LoraFactors) -> float:
-    """‖s B A‖_F without forming B A: ‖BA‖_F² = Σ (BᵀB) ⊙ (AAᵀ), both (r, r)."""
-    gram_b = f.B.double().mT @ f.B.double()  # (r, out) @ (out, r) -> (r, r)
-    gram_a = f.A.double() @ f.A.double().mT  # (r, in) @ (in, r) -> (r, r)
-    return abs(f.scaling) * math.sqrt(max(float((gram_b * gram_a).sum()), 0.0))
+    """‖s B A‖_F without forming B A (in float64: a diverging client's can be large)."""
+    return abs(f.scaling) * update_norm(f.B.double(), f.A.double())
 
 
 class RoundFailure(FlexLoraError):

@@ -310,3 +310,30 @@ def test_an_aggregate_that_overflows_stops_the_round_before_anything_is_kept(
     ]
     with pytest.raises(RoundFailure, match=r"round 1: the aggregat.* lower federation\.lr"):
         aggregate_round(server, state, tasks, huge)
+
+
+def test_a_client_whose_update_is_too_large_is_left_out(tiny_model: Path, tmp_path: Path) -> None:
+    # Prepare: a bound between the clients' update norms, so some pass and some do not
+    run = prepare(tiny_model, tmp_path)
+    state = initial_state(run.server)
+    tasks = make_tasks(run.server, state, sample_clients(run.server, state))
+    replies = [local_update(run.engine.client, t) for t in tasks]
+    largest = {  # per client: its largest ‖s B A‖_F over modules, in float64
+        r.client_id: max(
+            float((f.scaling * (f.B.double() @ f.A.double())).norm())
+            for f in (r.factors or {}).values()
+        )
+        for r in replies
+    }
+    bound = sorted(largest.values())[1]  # the smallest client passes, the largest not
+    bounded = prepare(tiny_model, tmp_path, f"federation.max_update_norm={bound * 1.000001}")
+
+    # Execute
+    _, _, record = aggregate_round(bounded.server, state, tasks, replies)
+
+    # Assert: exactly the clients above the bound are out, with the bound named
+    out = {f["client"] for f in record["clients_failed"]}
+    assert out == {c for c, n in largest.items() if n > bound * 1.000001} and out
+    assert all(
+        "exceeds federation.max_update_norm" in f["reason"] for f in record["clients_failed"]
+    )
