@@ -215,6 +215,7 @@ class Server:
 
     @property
     def recipe_parsed(self) -> Any:
+        """The recipe's options as its options dataclass."""
         return self.method.recipe.options(self.recipe_options)
 
     @property
@@ -236,7 +237,7 @@ class Server:
 
 def initial_state(server: Server) -> ServerState:
     """Round 0: every seen client's rank class drawn from the distribution (or given by
-    ranks.assign), fresh factors."""
+    ranks.assign); the start factors are drawn when round 1's tasks are made."""
     cfg = server.config
     probs = distribution_probabilities(cfg.ranks.distribution, len(cfg.ranks.types))
     assign_rng = np.random.default_rng(server.seed("rank-types"))
