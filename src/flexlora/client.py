@@ -153,6 +153,11 @@ def local_update(host: ClientHost, task: ClientTask) -> ClientReply:
     )
 
 
+def _checkpointing(model: nn.Module) -> bool:
+    """Whether the model already recomputes activations (then it is left as it is)."""
+    return bool(getattr(model, "is_gradient_checkpointing", False))
+
+
 def _finite(f: LoraFactors) -> bool:
     return bool(torch.isfinite(f.B).all()) and bool(torch.isfinite(f.A).all())
 
@@ -304,6 +309,16 @@ def train_client(
 
     was_training = model.training
     model.train()
+    hf_model: Any = model  # a transformers (or peft) model: its checkpointing switches
+    checkpointing = fed.gradient_checkpointing and not _checkpointing(model)
+    if checkpointing:
+        # non-reentrant: no input needs requires_grad, and dropout's draws are replayed
+        hf_model.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
+    autocast = torch.autocast(
+        device_type=device.type, dtype=torch.bfloat16, enabled=fed.autocast == "bfloat16"
+    )
     start = time.perf_counter()
     # The losses stay on the device and are read once at the end: a read per micro-batch
     # would make the host wait for the device every time. A non-finite loss poisons the
@@ -316,7 +331,8 @@ def train_client(
             cpu_batch = collate([examples[i] for i in micro], pad_id)
             tokens += int(cpu_batch["attention_mask"].sum())  # counted on the CPU: no sync
             batch = {k: v.to(device) for k, v in cpu_batch.items()}
-            loss = model(**batch).loss
+            with autocast:
+                loss = model(**batch).loss
             step_losses[step] += loss.detach().float() / fed.grad_accum
             if regularizer is not None:
                 loss = loss + regularizer()
@@ -327,6 +343,8 @@ def train_client(
         optimizer.step()
         scheduler.step()
     model.train(was_training)
+    if checkpointing:
+        hf_model.gradient_checkpointing_disable()
     losses = step_losses.cpu()
     if not bool(torch.isfinite(losses).all()):
         first = int((~torch.isfinite(losses)).nonzero()[0])

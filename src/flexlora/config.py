@@ -180,6 +180,10 @@ class FederationConfig:
     """A round whose clients give fewer usable updates than this ends the run (resumable)."""
     max_update_norm: float | None = None
     """A client whose update ‖s B A‖_F exceeds this on any module is left out of its round."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about a third more time."""
+    autocast: Literal["none", "bfloat16"] = "none"
+    """Run the forward pass in bfloat16 autocast (the factors and optimiser stay float32)."""
 
     def __post_init__(self) -> None:
         _require_finite(self, "federation")

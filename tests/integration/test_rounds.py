@@ -337,3 +337,43 @@ def test_a_client_whose_update_is_too_large_is_left_out(tiny_model: Path, tmp_pa
     assert all(
         "exceeds federation.max_update_norm" in f["reason"] for f in record["clients_failed"]
     )
+
+
+@pytest.mark.parametrize(
+    ("option", "rtol", "loss_rtol"),
+    [
+        ("federation.gradient_checkpointing=true", 1e-5, 1e-6),  # the same maths, recomputed
+        # a bf16 forward: AdamW's first steps normalise each gradient entry, so small
+        # rounding differences move the small entries of the update by tens of percent;
+        # the update keeps its direction and the loss its value
+        ("federation.autocast=bfloat16", 0.25, 0.01),
+    ],
+)
+def test_training_options_give_the_same_update_within_tolerance(
+    option: str, rtol: float, loss_rtol: float, tiny_model: Path, tmp_path: Path
+) -> None:
+    # Prepare: the same task, trained plainly and with the option (dropout on)
+    plain = prepare(tiny_model, tmp_path)
+    other = prepare(tiny_model, tmp_path, option)
+    state = initial_state(plain.server)
+    (task,) = make_tasks(plain.server, state, sample_clients(plain.server, state)[:1])
+
+    # Execute
+    a = local_update(plain.engine.client, task)
+    b = local_update(other.engine.client, task)
+
+    # Assert: the trained updates agree to the tolerance, and training moved them
+    assert a.ok and b.ok and a.factors is not None and b.factors is not None
+    worst, cosine = 0.0, 1.0
+    for name, fa in a.factors.items():
+        fb = b.factors[name]
+        da = fa.scaling * (fa.B.double() @ fa.A.double())  # (out, r) @ (r, in)
+        db = fb.scaling * (fb.B.double() @ fb.A.double())
+        assert float(da.norm()) > 0
+        worst = max(worst, float((da - db).norm() / da.norm()))
+        cosine = min(cosine, float((da * db).sum() / (da.norm() * db.norm())))
+    assert worst <= rtol, worst
+    assert cosine >= 1 - rtol**2, cosine
+    assert abs(a.loss - b.loss) <= loss_rtol * abs(a.loss), (a.loss, b.loss)
+    if "gradient_checkpointing" in option:
+        assert not other.engine.client.adapters.model.is_gradient_checkpointing  # switched back
