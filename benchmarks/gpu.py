@@ -1,0 +1,154 @@
+"""The GPU path, in one script that fits about 10 minutes on one GPU.
+
+    python benchmarks/gpu.py --out /tmp/gpu            # on a machine with a CUDA GPU
+    python benchmarks/gpu.py --dry-run --out /tmp/gpu  # tiny shapes on the CPU (the tests)
+
+(a) runs the test suite's GPU-marked tests (`pytest -m gpu`);
+(b) times the aggregation benchmark's cases a and b on the GPU against the same code on
+    the CPU (`benchmarks/aggregation.py --device`), one layer each;
+(c) runs 2 rounds of a randomly initialised Llama with the paper's 1.3B shapes (hidden
+    2048, FFN 5504, 24 layers; built from a config, nothing downloaded) at the paper
+    preset's rank types and batch sizes (batch 4, 2 accumulation steps) in bfloat16, and
+    records the round time, the share spent in aggregation, tokens/s per client and the
+    peak GPU memory.
+Everything it prints also goes to OUT/gpu.json. The dry run does the same with tiny
+shapes on the CPU (no GPU tests, the aggregation benchmark skipped), so the script
+cannot rot unseen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+PAPER_TYPES = [
+    {"attention": 8, "mlp": 8},
+    {"attention": 30, "mlp": 30},
+    {"attention": 30, "mlp": 200},
+    {"attention": 200, "mlp": 200},
+]
+
+
+def build_model(folder: Path, *, dry_run: bool) -> Path:
+    """A random Llama (the paper's 1.3B shapes, or tiny ones) with the shipped tokenizer."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from flexlora.assets import resolve_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("builtin:flexlora-tiny"))
+    shapes: dict[str, Any] = (
+        {"hidden_size": 64, "intermediate_size": 172, "num_hidden_layers": 2,
+         "num_attention_heads": 4, "num_key_value_heads": 4}
+        if dry_run
+        else {"hidden_size": 2048, "intermediate_size": 5504, "num_hidden_layers": 24,
+              "num_attention_heads": 16, "num_key_value_heads": 16}
+    )  # fmt: skip
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **shapes,
+    )
+    torch.manual_seed(0)  # a fixed random model: the benchmark times, it does not learn
+    dtype = torch.float32 if dry_run else torch.bfloat16
+    LlamaForCausalLM(config).to(dtype).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def two_rounds(model: Path, out: Path, *, dry_run: bool) -> dict[str, Any]:
+    """(c): 2 rounds at the paper's rank types and batch sizes; figures per round."""
+    from flexlora.config import load_config
+    from flexlora.experiment import run_experiment
+
+    types = "[2, 4]" if dry_run else json.dumps(PAPER_TYPES)
+    cfg = load_config(
+        None,
+        [
+            f"model.path={model}",
+            f"model.dtype={'float32' if dry_run else 'bfloat16'}",
+            f"model.device={'cpu' if dry_run else 'cuda'}",
+            "model.target_modules=[q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]",
+            "data.synthetic={num_clients: 24, train_per_client: 16, eval_per_client: 2, "
+            "test_per_client: 2}",
+            "data.max_length=256",
+            f"data.cache_dir={out / 'cache'}",
+            "federation.rounds=2",
+            "federation.clients_per_round=4",
+            "federation.local_steps=4",
+            "federation.batch_size=4",
+            "federation.grad_accum=2",
+            "federation.lr=0.0003",
+            f"ranks.types={types}",
+            "ranks.distribution=uniform",
+            "lora.alpha=16",
+            "eval.baseline=false",
+            "eval.seen=false",
+            "eval.max_new_tokens=8",
+            "eval.max_examples_per_client=2",
+        ],
+    )
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    result = run_experiment(cfg, out / "run")
+    records = [json.loads(x) for x in (out / "run" / "metrics.jsonl").read_text().splitlines()]
+    rounds = [
+        {
+            "round": r["round"],
+            "seconds": r["seconds"],
+            "aggregate_share": r["aggregate_seconds"] / r["seconds"],
+            "tokens_per_second_per_client": r["train_tokens"] / r["train_seconds"],
+        }
+        for r in records
+    ]
+    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+    return {"rounds": rounds, "peak_gpu_gib": peak, "final": result.summary["final"]}
+
+
+def run(command: list[str], seconds: float) -> dict[str, Any]:
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=seconds)
+    tail = (done.stdout + done.stderr).strip().splitlines()[-15:]
+    return {
+        "command": " ".join(command),
+        "rc": done.returncode,
+        "seconds": time.perf_counter() - started,
+        "tail": tail,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU")
+    args = parser.parse_args()
+    if not args.dry_run and not torch.cuda.is_available():
+        sys.exit("gpu.py: no CUDA device (use --dry-run for the CPU check)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"device": "cpu" if args.dry_run else torch.cuda.get_device_name()}
+    python = sys.executable
+    if not args.dry_run:
+        report["gpu_tests"] = run([python, "-m", "pytest", "-q", "-m", "gpu"], 240)
+        aggregation = [python, "benchmarks/aggregation.py", "--case", "a", "b", "--layers", "1"]
+        aggregation += ["--b-layers", "1", "--repeat", "1", "--no-memory", "--device"]
+        report["aggregation"] = {
+            device: run([*aggregation, device], 240) for device in ("cuda", "cpu")
+        }
+    model = build_model(args.out / "model", dry_run=args.dry_run)
+    report["two_rounds"] = two_rounds(model, args.out, dry_run=args.dry_run)
+    (args.out / "gpu.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

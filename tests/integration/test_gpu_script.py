@@ -1,0 +1,28 @@
+"""benchmarks/gpu.py must not rot while no GPU runs it: its dry run, tiny shapes on the CPU."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_the_gpu_script_runs_its_two_rounds_on_the_cpu(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "benchmarks/gpu.py", "--dry-run", "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((tmp_path / "gpu.json").read_text())
+    rounds = report["two_rounds"]["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    for r in rounds:
+        assert r["seconds"] > 0 and 0 < r["aggregate_share"] < 1
+        assert r["tokens_per_second_per_client"] > 0
+    assert report["two_rounds"]["final"]["unseen_loss"] > 0
