@@ -238,6 +238,33 @@ def validate_inputs(
     return ValidatedInputs(modules, shapes, probabilities, device, output_dtypes)
 
 
+def common_rank(
+    clients: Sequence[AdapterFactors],
+    targets: Mapping[Hashable, TargetSpec],
+    module: str,
+    requirement: str,
+    hint: str = "",
+) -> int:
+    """The one rank every client and recipient has for `module` (methods that average
+    factors entrywise need it); else a FlexLoraError opening with `requirement`, naming
+    the clients of each rank or the target that differs, and ending with `hint`."""
+    by_rank: dict[int, list[int]] = {}
+    for k, client in enumerate(clients):
+        by_rank.setdefault(client[module].rank, []).append(k)
+    if len(by_rank) > 1:
+        groups = [f"rank {r} for clients {ks}" for r, ks in sorted(by_rank.items())]
+        listing = ", ".join(groups[:-1]) + " and " + groups[-1]
+        raise FlexLoraError(f"{requirement}: module {module!r} has {listing}{hint}")
+    (rank,) = by_rank
+    for key, spec in targets.items():
+        if spec.ranks[module] != rank:
+            raise FlexLoraError(
+                f"{requirement}: target {key!r} asks rank {spec.ranks[module]} for module "
+                f"{module!r} but the clients have rank {rank}{hint}"
+            )
+    return rank
+
+
 def stack_scaled_factors(
     clients: Sequence[AdapterFactors],
     module: str,

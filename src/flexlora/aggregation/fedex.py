@@ -48,6 +48,7 @@ import torch
 from flexlora.aggregation.base import AggregationResult, GlobalUpdate, TargetSpec
 from flexlora.aggregation.common import (
     DtypeOptions,
+    common_rank,
     compute_dtype,
     global_spectrum,
     new_diagnostics,
@@ -56,7 +57,6 @@ from flexlora.aggregation.common import (
     stack_scaled_factors,
     validate_inputs,
 )
-from flexlora.errors import FlexLoraError
 from flexlora.lora import AdapterFactors, LoraFactors
 from flexlora.svd import factored_singular_values
 
@@ -92,7 +92,13 @@ def aggregate(
     global_update: dict[str, GlobalUpdate] = {}
     base_update: dict[str, GlobalUpdate] = {}
     for module in inputs.modules:
-        rank = _common_rank(clients, targets, module)
+        rank = common_rank(
+            clients,
+            targets,
+            module,
+            "fedex needs one rank per module (it averages B and A entrywise)",
+            "; use flexlora or zeropad for mixed ranks",
+        )
         Bc, Ac = stack_scaled_factors(clients, module, inputs.probabilities, dtype, inputs.device)
         B_avg, A_avg = padded_average(
             clients, module, inputs.probabilities, rank, dtype, inputs.device
@@ -124,28 +130,3 @@ def _relative_norm(B: torch.Tensor, A: torch.Tensor, dW_singular_values: torch.T
         return 0.0
     residual = float(factored_singular_values(B, A).double().square().sum())
     return math.sqrt(residual / total)
-
-
-def _common_rank(
-    clients: Sequence[AdapterFactors], targets: Mapping[Hashable, TargetSpec], module: str
-) -> int:
-    """The one rank every client and recipient uses for `module`, else FlexLoraError."""
-    by_rank: dict[int, list[int]] = {}
-    for k, client in enumerate(clients):
-        by_rank.setdefault(client[module].rank, []).append(k)
-    if len(by_rank) > 1:
-        groups = [f"rank {r} for clients {ks}" for r, ks in sorted(by_rank.items())]
-        listing = ", ".join(groups[:-1]) + " and " + groups[-1]
-        raise FlexLoraError(
-            f"fedex needs one rank per module (it averages B and A entrywise): module "
-            f"{module!r} has {listing}; use flexlora or zeropad for mixed ranks"
-        )
-    (rank,) = by_rank
-    for key, spec in targets.items():
-        if spec.ranks[module] != rank:
-            raise FlexLoraError(
-                f"fedex needs one rank per module (it averages B and A entrywise): target "
-                f"{key!r} asks rank {spec.ranks[module]} for module {module!r} but the "
-                f"clients have rank {rank}; use flexlora or zeropad for mixed ranks"
-            )
-    return rank

@@ -20,6 +20,7 @@ from typing import Any
 from flexlora.aggregation.base import AggregationResult, GlobalUpdate, TargetSpec
 from flexlora.aggregation.common import (
     DtypeOptions,
+    common_rank,
     compute_dtype,
     global_spectrum,
     new_diagnostics,
@@ -27,7 +28,6 @@ from flexlora.aggregation.common import (
     parse_options,
     validate_inputs,
 )
-from flexlora.errors import FlexLoraError
 from flexlora.lora import AdapterFactors, LoraFactors
 
 
@@ -50,7 +50,7 @@ def aggregate(
     client_factors: dict[Hashable, dict[str, LoraFactors]] = {key: {} for key in targets}
     global_update: dict[str, GlobalUpdate] = {}
     for module in inputs.modules:
-        rank = _common_rank(clients, targets, module)
+        rank = common_rank(clients, targets, module, "fedit needs equal ranks")
         B_avg, A_avg = padded_average(
             clients, module, inputs.probabilities, rank, dtype, inputs.device
         )
@@ -66,24 +66,3 @@ def aggregate(
         diagnostics["global_rank"][module] = global_rank
         diagnostics.setdefault("rank", {})[module] = rank
     return AggregationResult(client_factors, global_update, False, diagnostics)
-
-
-def _common_rank(
-    clients: Sequence[AdapterFactors], targets: Mapping[Hashable, TargetSpec], module: str
-) -> int:
-    """The one rank every client and recipient uses for `module`, else FlexLoraError."""
-    by_rank: dict[int, list[int]] = {}
-    for k, client in enumerate(clients):
-        by_rank.setdefault(client[module].rank, []).append(k)
-    if len(by_rank) > 1:
-        groups = [f"rank {r} for clients {ks}" for r, ks in sorted(by_rank.items())]
-        listing = ", ".join(groups[:-1]) + " and " + groups[-1]
-        raise FlexLoraError(f"fedit needs equal ranks: module {module!r} has {listing}")
-    (rank,) = by_rank
-    for key, spec in targets.items():
-        if spec.ranks[module] != rank:
-            raise FlexLoraError(
-                f"fedit needs equal ranks: target {key!r} asks rank {spec.ranks[module]} "
-                f"for module {module!r} but the clients have rank {rank}"
-            )
-    return rank
