@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -61,3 +62,39 @@ def make_tiny_model(folder: Path, *, layers: int = 2, hidden: int = 32, seed: in
     torch.manual_seed(seed)  # test fixture only: a fixed random base model
     LlamaForCausalLM(config).save_pretrained(folder)
     return folder
+
+
+def quick_overrides(model: Path, cache: Path | str, *extra: str) -> list[str]:
+    """`--set` values for a run of a few seconds on `model` (few clients, steps and
+    generated tokens); `extra` overrides come last and win."""
+    return [
+        f"model.path={model}",
+        f"data.cache_dir={cache}",
+        "data.synthetic={num_clients: 12, train_per_client: 16, "
+        "eval_per_client: 2, test_per_client: 2}",
+        "data.max_length=128",
+        "federation.rounds=3",
+        "federation.clients_per_round=3",
+        "federation.local_steps=4",
+        "federation.batch_size=4",
+        "federation.lr=0.01",
+        "ranks.types=[2, 4, 8]",
+        "eval.max_new_tokens=4",
+        "eval.max_examples_per_client=2",
+        *extra,
+    ]
+
+
+def set_args(sets: list[str]) -> list[str]:
+    """["a=1", "b=2"] -> ["--set", "a=1", "--set", "b=2"]"""
+    return [arg for s in sets for arg in ("--set", s)]
+
+
+def global_delta(run: Path) -> dict[str, torch.Tensor]:
+    """module -> the dense update B @ A (float64) of a run folder's global adapter."""
+    tensors = load_file(str(run / "adapters" / "global" / "adapter_model.safetensors"))
+    modules = sorted({k.rsplit(".lora_", 1)[0] for k in tensors})
+    return {
+        m: tensors[f"{m}.lora_B.weight"].double() @ tensors[f"{m}.lora_A.weight"].double()
+        for m in modules
+    }

@@ -18,9 +18,8 @@ import pytest
 import torch
 from flwr.app import Error, Message
 from flwr.serverapp import Grid
-from safetensors.torch import load_file
 
-from engine_fixtures import make_tiny_model
+from engine_fixtures import global_delta, make_tiny_model, quick_overrides
 from flexlora.aggregation.base import GlobalUpdate
 from flexlora.cli import main
 from flexlora.client import ClientReply, ClientTask
@@ -45,32 +44,8 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def quick(model: Path, cache: Path, *extra: str) -> list[str]:
-    return [
-        f"model.path={model}",
-        f"data.cache_dir={cache}",
-        "data.synthetic={num_clients: 12, train_per_client: 16, "
-        "eval_per_client: 2, test_per_client: 2}",
-        "data.max_length=128",
-        "federation.rounds=2",
-        "federation.clients_per_round=3",
-        "federation.local_steps=3",
-        "federation.batch_size=4",
-        "federation.lr=0.01",
-        "ranks.types=[2, 4, 8]",
-        "eval.max_new_tokens=4",
-        "eval.max_examples_per_client=2",
-        *extra,
-    ]
-
-
-def global_delta(run: Path) -> dict[str, torch.Tensor]:
-    """module -> the global adapter's dense update B @ A (float64)."""
-    tensors = load_file(str(run / "adapters" / "global" / "adapter_model.safetensors"))
-    modules = sorted({k.rsplit(".lora_", 1)[0] for k in tensors})
-    return {
-        m: tensors[f"{m}.lora_B.weight"].double() @ tensors[f"{m}.lora_A.weight"].double()
-        for m in modules
-    }
+    """The engine tests' quick run, two rounds of three local steps."""
+    return quick_overrides(model, cache, "federation.rounds=2", "federation.local_steps=3", *extra)
 
 
 def assert_same_global(a: Path, b: Path, rtol: float) -> None:

@@ -26,10 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
-from engine_fixtures import make_tiny_model
+from engine_fixtures import global_delta, make_tiny_model
 from flexlora.cli import main
 from flexlora.config import load_config
 from flexlora.experiment import run_experiment
@@ -119,15 +117,6 @@ def deployment(
         pids = running.pids()
         running.stop()  # every process, also when start() or a test failed
     assert pids and not [pid for pid in pids if _alive(pid)]
-
-
-def global_delta(run: Path) -> dict[str, torch.Tensor]:
-    tensors = load_file(str(run / "adapters" / "global" / "adapter_model.safetensors"))
-    modules = sorted({k.rsplit(".lora_", 1)[0] for k in tensors})
-    return {
-        m: tensors[f"{m}.lora_B.weight"].double() @ tensors[f"{m}.lora_A.weight"].double()
-        for m in modules
-    }
 
 
 def test_two_supernodes_train_at_their_declared_ranks_and_match_in_process(

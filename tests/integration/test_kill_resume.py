@@ -29,7 +29,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from engine_fixtures import make_tiny_model
+from engine_fixtures import make_tiny_model, quick_overrides, set_args
 from flexlora.cli import main as cli_main
 from flexlora.outputs import CHECKPOINT, METRICS, RUN_PLOTS
 
@@ -48,23 +48,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_sets(model: Path, cache: Path) -> list[str]:
-    """3 rounds of a few seconds (test_run_cli's quick run)."""
-    sets = [
-        f"model.path={model}",
-        f"data.cache_dir={cache}",
-        "data.synthetic={num_clients: 12, train_per_client: 16, "
-        "eval_per_client: 2, test_per_client: 2}",
-        "data.max_length=128",
-        "federation.rounds=3",
-        "federation.clients_per_round=3",
-        "federation.local_steps=4",
-        "federation.batch_size=4",
-        "federation.lr=0.01",
-        "ranks.types=[2, 4, 8]",
-        "eval.max_new_tokens=4",
-        "eval.max_examples_per_client=2",
-    ]
-    return [arg for s in sets for arg in ("--set", s)]
+    """3 rounds of a few seconds (the engine tests' quick run)."""
+    return set_args(quick_overrides(model, cache))
 
 
 def flexlora(*args: str) -> subprocess.Popen[bytes]:

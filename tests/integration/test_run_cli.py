@@ -11,7 +11,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from engine_fixtures import make_tiny_model
+from engine_fixtures import make_tiny_model, quick_overrides, set_args
 from flexlora.aggregation.ffa import ffa_shared_A
 from flexlora.cli import main
 from flexlora.config import load_config
@@ -27,30 +27,6 @@ ASSETS = REPO.parent / "shared" / "assets"
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
-
-
-def quick_overrides(model: Path, cache: Path) -> list[str]:
-    """A run of a few seconds: few clients, few steps, short generations."""
-    return [
-        f"model.path={model}",
-        f"data.cache_dir={cache}",
-        "data.synthetic={num_clients: 12, train_per_client: 16, "
-        "eval_per_client: 2, test_per_client: 2}",
-        "data.max_length=128",
-        "federation.rounds=3",
-        "federation.clients_per_round=3",
-        "federation.local_steps=4",
-        "federation.batch_size=4",
-        "federation.lr=0.01",
-        "ranks.types=[2, 4, 8]",
-        "eval.max_new_tokens=4",
-        "eval.max_examples_per_client=2",
-    ]
-
-
-def set_args(sets: list[str]) -> list[str]:
-    """["a=1", "b=2"] -> ["--set", "a=1", "--set", "b=2"]"""
-    return [arg for s in sets for arg in ("--set", s)]
 
 
 def run_cli(args: list[str]) -> int:

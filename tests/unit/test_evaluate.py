@@ -344,6 +344,7 @@ def test_generation_through_a_peft_model(
     tokenizer: PreTrainedTokenizerFast, clients: dict[str, ClientData]
 ) -> None:
     import peft  # a dependency: its absence must fail, not skip
+
     base = make_model(len(tokenizer))
     config = peft.LoraConfig(
         r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False
