@@ -21,7 +21,6 @@ and options) runs the same code as the server.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -31,6 +30,7 @@ from torch import Tensor
 
 from flexlora.aggregation import Aggregation, get_aggregation
 from flexlora.aggregation.common import parse_options, stable_seed
+from flexlora.aggregation.hetlora import HetLoraClientOptions
 from flexlora.errors import FlexLoraError
 from flexlora.lora import LoraFactors
 
@@ -43,30 +43,6 @@ Regularizer = Callable[[], Tensor]
 @dataclass(frozen=True)
 class NoOptions:
     """A recipe without options."""
-
-
-@dataclass(frozen=True)
-class HetLoraRecipeOptions:
-    """HETLoRA's client side (Cho et al., EMNLP 2024)."""
-
-    gamma: float = 0.99
-    """Decay ratio γ in (0, 1]: pruning keeps ⌊γ r⌋ components; the regulariser hits the rest."""
-    reg_lambda: float = 0.01
-    """Weight λ of the tail-norm regulariser in the local loss; 0 switches the regulariser
-    and the self-pruning off. HETLoRA's text gives no value we could confirm; 0.01 is what
-    public reimplementations use, with γ = 0.99 (docs/methods.md)."""
-    min_rank: int = 1
-    """Self-pruning never goes below this rank."""
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.gamma <= 1.0:
-            raise FlexLoraError(f"hetlora: gamma must be in (0, 1], got {self.gamma}")
-        if not (self.reg_lambda >= 0.0 and math.isfinite(self.reg_lambda)):
-            raise FlexLoraError(
-                f"hetlora: reg_lambda must be finite and >= 0, got {self.reg_lambda}"
-            )
-        if self.min_rank < 1:
-            raise FlexLoraError(f"hetlora: min_rank must be >= 1, got {self.min_rank}")
 
 
 @dataclass(frozen=True)
@@ -244,7 +220,7 @@ RECIPES: dict[str, Recipe] = {
         Recipe("local"),  # federation.optimizer: what a single method name trains with
         Recipe("fedit", optimizer="adamw"),
         Recipe("fedavg", optimizer="sgd"),
-        HetLoraRecipe("hetlora", options_type=HetLoraRecipeOptions),
+        HetLoraRecipe("hetlora", options_type=HetLoraClientOptions),
         FfaRecipe("ffa", freeze_A=True, options_type=FfaRecipeOptions),
         SloraRecipe("slora", optimizer="adamw", options_type=SloraOptions),
     )

@@ -45,13 +45,10 @@ _FLOOR_SLACK = 1e-9
 
 
 @dataclass(frozen=True)
-class HetLoraOptions(DtypeOptions):
-    """Options of the hetlora method. gamma, reg_lambda and min_rank are for the engine's
-    client step (regulariser and self-pruning); the server aggregation reads weighting
-    and dtype."""
+class HetLoraClientOptions:
+    """HETLoRA's client side: the regulariser and the rank self-pruning (the hetlora
+    recipe reads these; see `hetlora_regularizer` and `hetlora_prune_rank`)."""
 
-    weighting: Literal["sparsity", "sparsity_x_data"] = "sparsity"
-    """sparsity: S_k / Σ S_j (the paper); sparsity_x_data: p_k S_k / Σ p_j S_j."""
     gamma: float = 0.99
     """Decay ratio γ in (0, 1]: pruning keeps ⌊γ r⌋ components; the regulariser hits the rest."""
     reg_lambda: float = 0.01
@@ -70,6 +67,15 @@ class HetLoraOptions(DtypeOptions):
             )
         if self.min_rank < 1:
             raise FlexLoraError(f"hetlora: min_rank must be >= 1, got {self.min_rank}")
+
+
+@dataclass(frozen=True)
+class HetLoraOptions(DtypeOptions, HetLoraClientOptions):
+    """Options of the hetlora method: the server's weighting and dtype, and the client
+    side's (the method `hetlora` takes all of them in one mapping)."""
+
+    weighting: Literal["sparsity", "sparsity_x_data"] = "sparsity"
+    """sparsity: S_k / Σ S_j (the paper); sparsity_x_data: p_k S_k / Σ p_j S_j."""
 
 
 def aggregate(
