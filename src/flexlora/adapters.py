@@ -23,7 +23,7 @@ from torch import nn
 from flexlora.aggregation.base import GlobalUpdate
 from flexlora.config import LoraSettings
 from flexlora.errors import FlexLoraError
-from flexlora.lora import LoraFactors, lora_scaling
+from flexlora.lora import LoraFactors, lora_scaling, peft_default_A
 
 logger = logging.getLogger(__name__)
 
@@ -63,10 +63,8 @@ def initial_factors(
     factors = {}
     for name in sorted(shapes):  # sorted: the draw order must not depend on dict order
         out_f, in_f = shapes[name]
-        r = ranks[name]
-        bound = 1.0 / math.sqrt(in_f)
-        A = (torch.rand(r, in_f, generator=generator) * 2 - 1) * bound  # (r, in)
-        B = torch.zeros(out_f, r)  # (out, r)
+        A = peft_default_A(ranks[name], in_f, generator)  # (r, in)
+        B = torch.zeros(out_f, ranks[name])  # (out, r)
         factors[name] = LoraFactors(B=B, A=A, scaling=scalings[name])
     return factors
 

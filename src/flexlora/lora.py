@@ -24,6 +24,15 @@ def lora_scaling(alpha: float, rank: int, use_rslora: bool = False) -> float:
     return alpha / math.sqrt(rank) if use_rslora else alpha / rank
 
 
+def peft_default_A(rows: int, in_features: int, generator: torch.Generator) -> Tensor:
+    """A (rows, in) as PEFT initialises lora_A, from an explicit generator.
+
+    kaiming_uniform_(a=√5), PEFT's default, is exactly U(-1/√in, 1/√in).
+    """
+    bound = 1.0 / math.sqrt(in_features)
+    return (torch.rand(rows, in_features, generator=generator) * 2 - 1) * bound  # (rows, in)
+
+
 @dataclass(frozen=True)
 class LoraFactors:
     """One module's LoRA factors: effective update `scaling · B @ A`.

@@ -30,7 +30,7 @@ from flexlora.aggregation.hetlora import update_norm
 from flexlora.client import ClientReply, ClientTask
 from flexlora.config import ExperimentConfig
 from flexlora.errors import FlexLoraError
-from flexlora.lora import LoraFactors, lora_scaling
+from flexlora.lora import LoraFactors, lora_scaling, peft_default_A
 from flexlora.methods import Method, get_federated_method
 from flexlora.ranks import (
     RankType,
@@ -288,8 +288,7 @@ def fresh_factors(server: Server, round_index: int) -> dict[str, dict[str, LoraF
     widest: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for name in sorted(server.shapes):  # sorted: the draw order must not depend on dict order
         out_f, in_f = server.shapes[name]
-        bound = 1.0 / math.sqrt(in_f)  # kaiming_uniform_(a=√5), PEFT's default for A
-        A = (torch.rand(max_ranks[name], in_f, generator=generator) * 2 - 1) * bound  # (r, in)
+        A = peft_default_A(max_ranks[name], in_f, generator)  # (r, in)
         if chosen_A is not None:
             A = chosen_A[name].to(A.dtype)
         widest[name] = (torch.zeros(out_f, max_ranks[name]), A)  # B (out, r) = 0
@@ -603,9 +602,7 @@ def revive_dead_components(
             out[name] = f
             continue
         A = f.A.clone()
-        bound = 1.0 / float(A.shape[1]) ** 0.5  # PEFT's kaiming-uniform bound for A
-        fresh = (torch.rand(int(dead.sum()), A.shape[1], generator=generator) * 2 - 1) * bound
-        A[dead] = fresh.to(A.dtype)
+        A[dead] = peft_default_A(int(dead.sum()), A.shape[1], generator).to(A.dtype)
         out[name] = LoraFactors(B=f.B, A=A, scaling=f.scaling)
     return out
 
