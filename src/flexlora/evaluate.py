@@ -30,6 +30,7 @@ example cut in either pass is counted in `EvalResult.n_truncated`.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections import defaultdict
@@ -277,6 +278,78 @@ def _until_eos(ids: list[int], eos_token_id: int) -> list[int]:
     return ids[: ids.index(eos_token_id)] if eos_token_id in ids else ids
 
 
+def _left_pad(
+    prompts: Sequence[list[int]], pad_token_id: int
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(input_ids, attention_mask, width) of LEFT-padded prompts, built on the host.
+
+    Every prompt ends in the last column, so all rows continue from the same position.
+    We pad the ids ourselves, so the tokenizer's padding_side is never read or changed.
+    """
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)  # (B, W)
+    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)  # (B, W)
+    for i, p in enumerate(prompts):
+        input_ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+        attention_mask[i, width - len(p) :] = 1
+    return input_ids, attention_mask, width
+
+
+def _generate_batch_hf(
+    model: Any,
+    prompts: Sequence[list[int]],
+    *,
+    pad_token_id: int,
+    eos_token_id: int,
+    max_new_tokens: int,
+    device: torch.device | str,
+) -> list[list[int]]:
+    """`generate_batch` through transformers' `model.generate`: the reference the lean loop
+    must match token for token (kept for the equality tests and benchmarks/generation.py)."""
+    input_ids, attention_mask, width = _left_pad(prompts, pad_token_id)
+    config = _greedy_config(
+        max_new_tokens=max_new_tokens, pad_token_id=pad_token_id, eos_token_id=eos_token_id
+    )
+    output = model.generate(
+        input_ids=input_ids.to(device),
+        attention_mask=attention_mask.to(device),
+        generation_config=config,
+    )  # (B, W + new)
+    # Rows that stopped early are filled with pad after their EOS: cut at the first EOS.
+    return [_until_eos(row, eos_token_id) for row in output[:, width:].tolist()]
+
+
+# How many decoding steps pass between two reads of "have all rows produced EOS?" on an
+# accelerator. Reading a device flag on the host waits for every queued kernel, so a
+# check per token would stall the pipeline once per token; every 4 tokens costs at most 3
+# wasted steps (of padding, cut off anyway) after the last row finishes. On the CPU
+# kernels run synchronously, a read costs nothing and a wasted step costs a forward pass,
+# so the check runs every step there.
+_STOP_CHECK_EVERY = 4
+
+
+def _forward_parameters(model: Any) -> set[str]:
+    """Keyword arguments the underlying transformers model's forward takes by name.
+
+    A peft model's forward takes **kwargs and passes them on, so look at its base model.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return set(inspect.signature(base.forward).parameters)
+
+
+def _returned_cache(output: Any) -> tuple[str, Any]:
+    """(keyword, value) of the KV cache a forward with use_cache=True returned.
+
+    transformers 5 renamed `past_key_values` to `cache`; whichever name the output uses is
+    the name the next forward takes it back under.
+    """
+    for name in ("cache", "past_key_values"):
+        value = getattr(output, name, None)
+        if value is not None:
+            return name, value
+    raise FlexLoraError("generation needs a model that returns a KV cache with use_cache=True")
+
+
 def generate_batch(
     model: Any,
     prompts: Sequence[list[int]],
@@ -288,27 +361,70 @@ def generate_batch(
 ) -> list[list[int]]:
     """Greedy continuations of a batch of token prompts: the new tokens of each, EOS excluded.
 
-    Rows are LEFT-padded, so every prompt ends in the last column and all rows continue
-    from the same position; the attention mask hides the padding and transformers derives
-    each row's position ids from it. We pad the ids ourselves, so the tokenizer's
-    padding_side is never read or changed.
+    The same tokens as transformers' `model.generate` with `_greedy_config` (see
+    `_generate_batch_hf`), without its per-step bookkeeping: one prefill forward over the
+    left-padded prompts, then one cached forward per new token, argmax on the device. It
+    feeds the model what generate feeds it, so the arithmetic is the same to the bit:
+    position ids from the attention mask (cumsum - 1, padding at 0), no mask at all when no
+    row is padded, a mask of ones appended for the new tokens (finished rows included), and
+    `logits_to_keep=1` where the model takes it (only the last position's logits).
+    Rows that produced EOS keep emitting pad; all rows finished is read on the host only
+    every `_STOP_CHECK_EVERY` steps on an accelerator (every step on the CPU).
     """
-    width = max(len(p) for p in prompts)
-    input_ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        input_ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-        attention_mask[i, width - len(p) :] = 1
-    config = _greedy_config(
-        max_new_tokens=max_new_tokens, pad_token_id=pad_token_id, eos_token_id=eos_token_id
-    )
-    output = model.generate(
-        input_ids=input_ids.to(device),
-        attention_mask=attention_mask.to(device),
-        generation_config=config,
-    )  # (B, width + new)
-    # Rows that stopped early are filled with pad after their EOS: cut at the first EOS.
-    return [_until_eos(row, eos_token_id) for row in output[:, width:].tolist()]
+    input_ids, attention_mask, width = _left_pad(prompts, pad_token_id)
+    batch = len(prompts)
+    params = _forward_parameters(model)
+    extra: dict[str, Any] = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+    # Equal prompt lengths: no padding to hide, and generate drops the mask then (which
+    # lets attention take its unmasked causal path); so do we, known here without a sync.
+    padded = any(len(p) < width for p in prompts)
+    # Every column the sequence will reach: prompt mask, then ones for the new tokens
+    # (generate appends a one a step for every row, finished or not).
+    full_mask = torch.cat(
+        [attention_mask, torch.ones((batch, max_new_tokens), dtype=torch.long)], dim=1
+    ).to(device)  # (B, W + N)
+    positions = None
+    if "position_ids" in params:
+        # Each row counts positions from its first real token; left padding gets 0.
+        prompt_positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # (B, W)
+        # Step s (0-based) feeds the token generated at step s - 1, at the position after
+        # the prompt's last one plus s - 1.
+        steps = torch.arange(1, max_new_tokens, dtype=torch.long)  # (N - 1,)
+        next_positions = prompt_positions[:, -1:] + steps  # (B, N - 1)
+        positions = torch.cat([prompt_positions, next_positions], dim=1).to(device)  # (B, W+N-1)
+
+    def forward(ids: torch.Tensor, start: int, stop: int, **kwargs: Any) -> Any:
+        """The model on `ids` (B, stop - start), the sequence's columns start .. stop - 1."""
+        if padded:
+            kwargs["attention_mask"] = full_mask[:, :stop]  # (B, stop)
+        if positions is not None:
+            kwargs["position_ids"] = positions[:, start:stop]  # (B, stop - start)
+        return model(input_ids=ids, use_cache=True, return_dict=True, **kwargs, **extra)
+
+    new_tokens = torch.full((batch, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)  # (B,)
+    pad = torch.tensor(pad_token_id, dtype=torch.long, device=device)
+    check_every = 1 if torch.device(device).type == "cpu" else _STOP_CHECK_EVERY
+    done = 0
+    # generate runs under no_grad too: a peft model's LoRA factors require grad.
+    with torch.no_grad():
+        output = forward(input_ids.to(device), 0, width)
+        for step in range(max_new_tokens):
+            if step > 0:
+                name, cache = _returned_cache(output)
+                last = new_tokens[:, step - 1 : step]  # (B, 1)
+                output = forward(last, width + step - 1, width + step, **{name: cache})
+            logits = output.logits[:, -1]  # (B, V)
+            # generate takes the argmax of a float32 copy; widening keeps every order and
+            # tie (the first maximum wins in both), so the token is the same.
+            token = torch.where(finished, pad, logits.argmax(dim=-1))  # (B,)
+            new_tokens[:, step] = token
+            finished |= token == eos_token_id
+            done = step + 1
+            if done % check_every == 0 and bool(finished.all()):
+                break
+    del output  # the cache and the prefill's logits, before the host copy
+    return [_until_eos(row, eos_token_id) for row in new_tokens[:, :done].tolist()]
 
 
 def _group_stats(records: Sequence[ExampleRecord]) -> dict[str, Any]:

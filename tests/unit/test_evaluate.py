@@ -1,5 +1,6 @@
 """Evaluation: Rouge-L values, client-size weighting, greedy generation against an unbatched
-reference loop, teacher-forced argmax, float64 loss, per-category sums, truncation, flags.
+reference loop and against transformers' generate, teacher-forced argmax, float64 loss,
+per-category sums, truncation, flags.
 
 Everything runs on a tiny random Llama and a word-level tokenizer built here (no hub).
 Exactness tests use a float64 model, so batched and unbatched passes cannot disagree on
@@ -11,19 +12,31 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import replace
+from typing import Any
 
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
 
+from engine_fixtures import make_tiny_model
 from flexlora.config import DataConfig, EvalConfig
+from flexlora.data.synthetic import build_synthetic_suite
 from flexlora.data.templates import format_prompt
 from flexlora.data.tokenize import tokenize_examples
 from flexlora.data.types import ClientData, Example
 from flexlora.errors import FlexLoraError
 from flexlora.evaluate import (
     ExampleRecord,
+    _generate_batch_hf,
     count_examples,
     encode_examples,
     evaluate_clients,
@@ -306,6 +319,217 @@ def test_generate_batch_equals_unbatched_greedy_loop(
     )
     assert got == stopped
     assert len({len(s) for s in stopped}) > 1
+
+
+# --- the decoding loop against transformers' generate --------------------------------------
+# generate_batch is a hand-written greedy loop; _generate_batch_hf is the model.generate path
+# it replaced. They must agree token for token in float32, where any difference in what the
+# model is fed (positions, mask, cache, which logits are kept) would show up in the argmax.
+
+
+def make_gpt2(vocab_size: int) -> GPT2LMHeadModel:
+    """A tiny random GPT-2 in float32: learned absolute positions, fused qkv, its own cache."""
+    torch.manual_seed(1)
+    config = GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=128,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        initializer_range=0.3,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+    )
+    return GPT2LMHeadModel(config).eval()
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def float32_model(request: pytest.FixtureRequest, tokenizer: PreTrainedTokenizerFast) -> Any:
+    if request.param == "llama":
+        return make_model(len(tokenizer), torch.float32)
+    return make_gpt2(len(tokenizer))
+
+
+GEN_TEXTS = [
+    "the cat",
+    "one two three apple tree house car red",
+    "yes no",
+    "a big small dog ran",
+    "what",
+]
+
+
+def both_paths(model: Any, prompts: list[list[int]], **kwargs: Any) -> tuple[Any, Any]:
+    """(lean loop, model.generate) answers to the same call on the CPU, under inference mode."""
+    with torch.inference_mode():
+        lean = generate_batch(model, prompts, device="cpu", **kwargs)
+        hf = _generate_batch_hf(model, prompts, device="cpu", **kwargs)
+    return lean, hf
+
+
+def record_inputs(model: Any) -> tuple[list[dict[str, Any]], Any]:
+    """A pre-hook storing what every forward is fed: ids, positions and the 2D mask."""
+    fed: list[dict[str, Any]] = []
+
+    def hook(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+        mask = kwargs.get("attention_mask")
+        fed.append(
+            {
+                "input_ids": kwargs["input_ids"].tolist(),
+                "position_ids": kwargs["position_ids"].tolist(),
+                "attention_mask": None if mask is None else mask.tolist(),
+            }
+        )
+
+    return fed, model.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+@pytest.mark.parametrize("max_new_tokens", [1, 2, 9])
+def test_generate_batch_equals_hf_generate_float32(
+    float32_model: Any, tokenizer: PreTrainedTokenizerFast, max_new_tokens: int
+) -> None:
+    prompts = [tokenizer(t)["input_ids"] for t in GEN_TEXTS]
+    assert len({len(p) for p in prompts}) > 2, "prompts of different lengths: left padding"
+    kwargs = {"pad_token_id": PAD, "eos_token_id": EOS, "max_new_tokens": max_new_tokens}
+    lean, hf = both_paths(float32_model, prompts, **kwargs)
+    assert lean == hf
+    assert all(len(row) <= max_new_tokens for row in lean)
+    assert any(len(row) == max_new_tokens for row in lean)
+    assert len({tuple(row) for row in lean}) > 1, "rows should answer differently"
+
+    # Stopping at an EOS the model really produces, mid-answer for some rows: pick the
+    # token most rows produce at some step, so that rows stop at different steps (and a
+    # row whose first token it is answers nothing).
+    if max_new_tokens > 1:
+        counts: dict[int, int] = {}
+        for row in lean:
+            for token in set(row):
+                counts[token] = counts.get(token, 0) + 1
+        stop = max(counts, key=lambda t: (counts[t], -t))
+        lean_stop, hf_stop = both_paths(
+            float32_model,
+            prompts,
+            pad_token_id=PAD,
+            eos_token_id=stop,
+            max_new_tokens=max_new_tokens,
+        )
+        assert lean_stop == hf_stop
+        assert lean_stop == [row[: row.index(stop)] if stop in row else row for row in lean]
+        assert len({len(row) for row in lean_stop}) > 1
+        assert stop not in {t for row in lean_stop for t in row}
+
+
+def test_generate_batch_feeds_the_model_what_generate_feeds_it(
+    float32_model: Any, tokenizer: PreTrainedTokenizerFast
+) -> None:
+    # Every forward's ids, positions and mask, step by step: finished rows are fed pad
+    # (here pad is not EOS, so it shows), positions continue each row's count, the mask
+    # grows by a column of ones a step. The stop id is one the model produces.
+    prompts = [tokenizer(t)["input_ids"] for t in GEN_TEXTS]
+    free = generate_batch(
+        float32_model, prompts, pad_token_id=PAD, eos_token_id=EOS, max_new_tokens=6, device="cpu"
+    )
+    stop = free[0][1]
+    kwargs = {"pad_token_id": PAD, "eos_token_id": stop, "max_new_tokens": 6, "device": "cpu"}
+    fed, handle = record_inputs(float32_model)
+    try:
+        with torch.inference_mode():
+            lean = generate_batch(float32_model, prompts, **kwargs)
+            n_lean = len(fed)
+            hf = _generate_batch_hf(float32_model, prompts, **kwargs)
+    finally:
+        handle.remove()
+    fed_lean, fed_hf = fed[:n_lean], fed[n_lean:]
+    assert lean == hf and len(lean[0]) == 1
+    assert fed_lean == fed_hf
+    # Forward 0 is the prefill, forward s feeds the token of step s - 1: row 0 produced the
+    # stop id at step 1, is fed it at forward 2 and pad from forward 3 on.
+    assert len(fed_lean) > 3
+    assert fed_lean[2]["input_ids"][0] == [stop]
+    assert [step["input_ids"][0] for step in fed_lean[3:]] == [[PAD]] * (len(fed_lean) - 3)
+    width = max(len(p) for p in prompts)
+    assert fed_lean[0]["position_ids"][4] == [0] * (width - len(prompts[4])) + list(
+        range(len(prompts[4]))
+    )
+
+
+def test_generate_batch_without_padding_and_pad_equal_to_eos(
+    float32_model: Any, tokenizer: PreTrainedTokenizerFast
+) -> None:
+    # Equal lengths: no row is padded, generate then passes no mask at all (nor do we).
+    same_length = [tokenizer(t)["input_ids"] for t in ["the cat sat", "a red car", "yes no one"]]
+    assert len({len(p) for p in same_length}) == 1
+    for prompts in (same_length, [tokenizer(t)["input_ids"] for t in GEN_TEXTS]):
+        lean, hf = both_paths(
+            float32_model, prompts, pad_token_id=EOS, eos_token_id=EOS, max_new_tokens=5
+        )
+        assert lean == hf
+        assert all(len(row) == 5 for row in lean)
+
+
+def test_generate_batch_stops_when_every_row_has_finished(
+    float32_model: Any, tokenizer: PreTrainedTokenizerFast
+) -> None:
+    # Force EOS through the output layer: at its c-th call (c = 0 the prefill) row c's EOS
+    # logit is raised above every other, so row c answers c tokens. Both paths call the
+    # output layer once a step, so they see the same forcing.
+    prompts = [tokenizer(t)["input_ids"] for t in GEN_TEXTS[:3]]
+    calls: list[int] = []
+
+    def force_eos(module: Any, args: Any, output: torch.Tensor) -> torch.Tensor:
+        c = len(calls)
+        calls.append(c)
+        if c < output.shape[0]:
+            output = output.clone()
+            output[c, -1, EOS] = output[c, -1].max() + 100.0  # (B, T, V): row c, last position
+        return output
+
+    handle = float32_model.lm_head.register_forward_hook(force_eos)
+    kwargs = {"pad_token_id": PAD, "eos_token_id": EOS, "max_new_tokens": 12, "device": "cpu"}
+    try:
+        with torch.inference_mode():
+            lean = generate_batch(float32_model, prompts, **kwargs)
+            lean_calls = len(calls)
+            calls.clear()
+            hf = _generate_batch_hf(float32_model, prompts, **kwargs)
+    finally:
+        handle.remove()
+    assert lean == hf
+    assert [len(row) for row in lean] == [0, 1, 2]
+    # The last row finishes at step 2 (the 3rd forward); on the CPU the loop checks every
+    # step, so it stops there, not at the next multiple of _STOP_CHECK_EVERY nor at 12.
+    assert lean_calls == 3
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
+    """The engine tests' tiny Llama (random weights, BPE tokenizer), in float32."""
+    folder = make_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+    return AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(
+        folder
+    )
+
+
+def test_generate_batch_equals_hf_generate_on_the_tiny_test_model(
+    tiny_llama: tuple[Any, Any],
+) -> None:
+    # Real prompts of the synthetic suite (varied lengths), as evaluation batches them.
+    model, tok = tiny_llama
+    suite = build_synthetic_suite({}, seed=0)
+    examples = [ex for client in list(suite.clients.values())[:4] for ex in client.test[:2]]
+    encoded = encode_examples(tok, examples, data_cfg(128))
+    prompts = sorted((e.prompt_ids for e in encoded), key=len, reverse=True)
+    assert len({len(p) for p in prompts}) > 1
+    eos = int(tok.eos_token_id)
+    kwargs = {"pad_token_id": int(tok.pad_token_id), "max_new_tokens": 8}
+    lean, hf = both_paths(model, prompts, eos_token_id=eos, **kwargs)
+    assert lean == hf
+    # An id it produces as EOS: rows stop at different steps.
+    stop = lean[0][len(lean[0]) // 2]
+    lean_stop, hf_stop = both_paths(model, prompts, eos_token_id=stop, **kwargs)
+    assert lean_stop == hf_stop
+    assert lean_stop == [row[: row.index(stop)] if stop in row else row for row in lean]
 
 
 def test_generate_mode_predictions_equal_reference_loop(
