@@ -216,7 +216,7 @@ def bench_model(name: str, path: str, args: argparse.Namespace) -> float:
     ours, bare = Ours(path, args.rank, lora, fed), Bare(path, args.rank, lora, fed)
     tokenizer = ours.tokenizer
     max_length = min(256, int(getattr(tokenizer, "model_max_length", 256) or 256))
-    suite = build_synthetic_suite({}, SEED)  # the default suite: 40 clients, 64 train examples each
+    suite = build_synthetic_suite({"suite": "families"}, SEED)  # 40 clients, 64 train examples each
     ids = suite.seen_ids[: args.clients]
     data_cfg = DataConfig(max_length=max_length)
     clients = [tokenize_client(suite.clients[c], "train", tokenizer, data_cfg) for c in ids]

@@ -35,7 +35,8 @@ from flexlora.cli import main as flexlora_main
 from flexlora.flower.local import LocalDeployment, NodeSpec
 
 SYNTHETIC = (
-    "data.synthetic={num_clients: 12, train_per_client: 16, eval_per_client: 2, test_per_client: 2}"
+    "data.synthetic={suite: families, num_clients: 12, train_per_client: 16, "
+    "eval_per_client: 2, test_per_client: 2}"
 )
 
 

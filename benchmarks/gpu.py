@@ -79,8 +79,8 @@ def two_rounds(model: Path, out: Path, *, dry_run: bool) -> dict[str, Any]:
             f"model.dtype={'float32' if dry_run else 'bfloat16'}",
             f"model.device={'cpu' if dry_run else 'cuda'}",
             "model.target_modules=[q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]",
-            "data.synthetic={num_clients: 24, train_per_client: 16, eval_per_client: 2, "
-            "test_per_client: 2}",
+            "data.synthetic={suite: families, num_clients: 24, train_per_client: 16, "
+            "eval_per_client: 2, test_per_client: 2}",
             "data.max_length=256",
             f"data.cache_dir={out / 'cache'}",
             "federation.rounds=2",

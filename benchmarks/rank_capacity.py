@@ -203,6 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     for seed in args.seeds:
         options = {  # every task a seen client, so that any client id can be pooled
+            "suite": "families",
             "num_clients": sum(len(f.variants) for f in FAMILIES.values()),
             "unseen_families": [],
             "unseen_variant_fraction": 0.0,

@@ -70,7 +70,7 @@ def quick_overrides(model: Path, cache: Path | str, *extra: str) -> list[str]:
     return [
         f"model.path={model}",
         f"data.cache_dir={cache}",
-        "data.synthetic={num_clients: 12, train_per_client: 16, "
+        "data.synthetic={suite: families, num_clients: 12, train_per_client: 16, "
         "eval_per_client: 2, test_per_client: 2}",
         "data.max_length=128",
         "federation.rounds=3",

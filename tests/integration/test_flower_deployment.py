@@ -66,7 +66,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Synthetic clients' files (`flexlora data export`) and their clients.json."""
     out = tmp_path_factory.mktemp("clients") / "exported"
     synthetic = (
-        "data.synthetic={num_clients: 12, train_per_client: 16, "
+        "data.synthetic={suite: families, num_clients: 12, train_per_client: 16, "
         "eval_per_client: 2, test_per_client: 2}"
     )
     assert main(["data", "export", "--set", synthetic, "--out", str(out)]) == 0

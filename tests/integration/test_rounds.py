@@ -38,7 +38,7 @@ def prepare(model: Path, cache: Path, *extra: str) -> PreparedExperiment:
         [
             f"model.path={model}",
             f"data.cache_dir={cache}",
-            "data.synthetic={num_clients: 24, train_per_client: 12, "
+            "data.synthetic={suite: families, num_clients: 24, train_per_client: 12, "
             "eval_per_client: 2, test_per_client: 2}",
             "data.max_length=128",
             "federation.clients_per_round=3",

@@ -250,7 +250,7 @@ def test_every_preset_loads_and_runs_one_round(tiny_model: Path, tmp_path: Path)
             "data.max_length=128",
         ]
         if kind == "synthetic":
-            sets.append("data.synthetic={num_clients: 12, train_per_client: 4}")
+            sets.append("data.synthetic={suite: families, num_clients: 12, train_per_client: 4}")
         if data_path is not None:
             sets.append(f"data.path={data_path}")
         if kind == "dolly":

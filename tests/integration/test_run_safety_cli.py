@@ -39,8 +39,8 @@ def quick(model: Path, cache: Path | str) -> list[str]:
     sets = [
         f"model.path={model}",
         f"data.cache_dir={cache}",
-        "data.synthetic={num_clients: 12, train_per_client: 8, eval_per_client: 2, "
-        "test_per_client: 2}",
+        "data.synthetic={suite: families, num_clients: 12, train_per_client: 8, "
+        "eval_per_client: 2, test_per_client: 2}",
         "data.max_length=128",
         "federation.rounds=1",
         "federation.clients_per_round=2",

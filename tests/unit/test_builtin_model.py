@@ -122,6 +122,17 @@ def test_documents_are_tokenised_with_loss_on_the_target_only(folder: str) -> No
         assert labels[n_context:] == ids[n_context:]
 
 
+def test_the_shipped_build_takes_the_loss_on_every_token_but_bos(folder: str) -> None:
+    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    rng = np.random.Generator(np.random.PCG64(1))
+    docs = btm.corpus_documents(30, rng, text_fraction=0.1, world_fraction=0.5)
+    assert sum(c.count("From the notes") + c.count("Read the notes") + c.count("Look up the")
+               for c, _ in docs) >= 10  # fmt: skip
+    assert btm.BuildConfig().loss_on_context
+    for ids, labels in btm.tokenize_documents(tok, docs, loss_on_context=True):
+        assert labels == [-100, *ids[1:]] and ids[0] == tok.bos_token_id
+
+
 def test_pack_cuts_documents_into_rows() -> None:
     docs = [
         ([1, 5, 6, 2], [-100, 5, 6, 2]),
@@ -137,6 +148,8 @@ def test_pack_cuts_documents_into_rows() -> None:
 def test_bad_build_config_raises() -> None:
     with pytest.raises(FlexLoraError, match="hidden_size must divide by num_heads"):
         btm.BuildConfig(hidden_size=130)
+    with pytest.raises(FlexLoraError, match="sum to less than 1"):
+        btm.BuildConfig(text_fraction=0.5, world_fraction=0.5)
 
 
 def test_smoke_build_writes_a_loadable_folder_atomically(tmp_path: Path) -> None:

@@ -168,3 +168,17 @@ def test_console_tables_mark_the_clear_win_and_name_the_test() -> None:
     assert "17.00 ± 2.00 ★" in text and "13.00 ± 2.00 ★" not in text
     assert "+41.7%" in text and "+5.00 ± 0.00, p 0.25" in text
     assert "paired permutation test (exact sign-flip)" in text
+
+
+def test_a_cell_scores_once_after_its_last_round_and_fedit_rows_take_one_type() -> None:
+    from flexlora.commands.compare import cell_config
+    from flexlora.config import load_config
+
+    base = load_config(None, ["federation.rounds=7", "eval.every=1", "eval.seen=true"])
+    cell = cell_config(base, "flexlora", "heavy-tail-light", seed=3)
+    assert (cell.eval.every, cell.eval.seen, cell.eval.baseline) == (7, False, True)
+    assert (cell.method, cell.seed, cell.ranks.distribution) == ("flexlora", 3, "heavy-tail-light")
+    assert cell.ranks.types == base.ranks.types
+    fedit = cell_config(base, "fedit-max", "heavy-tail-light", seed=0)
+    assert fedit.method == "fedit" and fedit.ranks.types == [16]
+    assert fedit.ranks.distribution == "uniform" and fedit.eval.every == 7

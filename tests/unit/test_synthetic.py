@@ -1,4 +1,4 @@
-"""The synthetic suite: determinism, correct answers, held-out clients, option errors."""
+"""The task-family suite: determinism, correct answers, held-out clients, option errors."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 from flexlora.data.synthetic import (
     DEFAULT_OPTIONS,
     FAMILIES,
+    build_family_suite,
     build_synthetic_suite,
     generate_examples,
     pretraining_examples,
@@ -42,9 +43,9 @@ def _examples(family: str, variant: int, n: int = 40) -> list[Example]:
 
 
 def test_same_seed_gives_identical_suite_and_other_seed_differs() -> None:
-    a = build_synthetic_suite(SMALL, seed=3)
-    b = build_synthetic_suite(SMALL, seed=3)
-    c = build_synthetic_suite(SMALL, seed=4)
+    a = build_family_suite(SMALL, seed=3)
+    b = build_family_suite(SMALL, seed=3)
+    c = build_family_suite(SMALL, seed=4)
     assert a.clients == b.clients and a.unseen_ids == b.unseen_ids
     assert _fingerprint(a.clients) != _fingerprint(c.clients)
 
@@ -54,7 +55,7 @@ def test_seed_zero_suite_is_pinned() -> None:
 
     If the families are changed on purpose, update the pinned values.
     """
-    suite = build_synthetic_suite(SMALL, seed=0)
+    suite = build_family_suite(SMALL, seed=0)
     first = suite.clients["arithmetic-v2"].train[0]
     assert (first.instruction, first.output) == ("Add 7 to the number.", str(int(first.input) + 7))
     assert suite.unseen_ids == PINNED_UNSEEN
@@ -69,8 +70,8 @@ PINNED_FINGERPRINT = "12d940d9998ea8f2e30e2b737b12de1fcc71f11c40b6a40d6abfa0387a
 
 
 def test_a_clients_data_does_not_depend_on_the_other_clients() -> None:
-    small = build_synthetic_suite({**SMALL, "num_clients": 30}, seed=1)
-    large = build_synthetic_suite({**SMALL, "num_clients": 60}, seed=1)
+    small = build_family_suite({**SMALL, "num_clients": 30}, seed=1)
+    large = build_family_suite({**SMALL, "num_clients": 60}, seed=1)
     common = set(small.clients) & set(large.clients)
     assert len(common) >= 20
     assert all(small.clients[c] == large.clients[c] for c in common)
@@ -80,7 +81,7 @@ def test_a_clients_data_does_not_depend_on_the_other_clients() -> None:
 
 
 def test_default_suite_sizes_ids_and_categories() -> None:
-    suite = build_synthetic_suite({}, seed=0)
+    suite = build_family_suite({}, seed=0)
     assert len(suite.clients) == DEFAULT_OPTIONS["num_clients"] == 40
     for cid, client in suite.clients.items():
         assert re.fullmatch(r"[a-z_]+-v\d+", cid) and client.client_id == cid
@@ -92,7 +93,7 @@ def test_default_suite_sizes_ids_and_categories() -> None:
 
 def test_unseen_clients_hold_whole_families_and_some_variants() -> None:
     options = {**SMALL, "unseen_families": ["wrap", "count"], "unseen_variant_fraction": 0.2}
-    suite = build_synthetic_suite(options, seed=5)
+    suite = build_family_suite(options, seed=5)
     unseen, seen = set(suite.unseen_ids), set(suite.seen_ids)
     assert not unseen & seen
     for family in ("wrap", "count"):
@@ -109,7 +110,7 @@ def test_unseen_clients_hold_whole_families_and_some_variants() -> None:
 
 def test_families_option_restricts_the_suite() -> None:
     options = {**SMALL, "families": ["repeat", "sort"], "unseen_families": [], "num_clients": 6}
-    suite = build_synthetic_suite(options, seed=0)
+    suite = build_family_suite(options, seed=0)
     assert {c.rsplit("-v", 1)[0] for c in suite.clients} == {"repeat", "sort"}
     assert len(suite.unseen_ids) == 1  # round(0.1 * 6)
 
@@ -204,7 +205,7 @@ def test_memorised_families_are_fixed_tables_whatever_the_seed() -> None:
     source, target = lexicon("translate-v0", 24)
     table = dict(zip(source, target, strict=True))
     for seed in (0, 1):
-        suite = build_synthetic_suite(
+        suite = build_family_suite(
             {**SMALL, "families": ["translate"], "unseen_families": [], "num_clients": 4}, seed
         )
         for e in suite.clients["translate-v0"].train:
@@ -249,4 +250,14 @@ def test_pretraining_examples_are_deterministic_and_use_only_pretraining_variant
 )
 def test_bad_options_raise_one_clear_error(options: dict, message: str) -> None:
     with pytest.raises(FlexLoraError, match=re.escape(message)):
-        build_synthetic_suite(options, seed=0)
+        build_family_suite(options, seed=0)
+
+
+def test_suite_option_picks_the_builder() -> None:
+    families = build_synthetic_suite({"suite": "families", **SMALL}, seed=0)
+    assert families.clients == build_family_suite(SMALL, seed=0).clients
+    assert all("-v" in cid for cid in families.clients)
+    world = build_synthetic_suite({}, seed=0)  # the default: the world suite
+    assert world.unseen_ids and all("-v" not in cid for cid in world.clients)
+    with pytest.raises(FlexLoraError, match="suite must be world or families, got 'nope'"):
+        build_synthetic_suite({"suite": "nope"}, seed=0)

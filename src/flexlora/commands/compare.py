@@ -106,9 +106,15 @@ def _rank_size(rank_type: Any) -> float:
 def cell_config(
     base: ExperimentConfig, method: str, distribution: str, seed: int
 ) -> ExperimentConfig:
-    """The base config with method, distribution and seed set (and one type for fedit-*)."""
+    """The base config with method, distribution and seed set (and one type for fedit-*).
+
+    The tables read only the unseen clients' scores after the last round, so a cell
+    scores the global model once, after its last round, and the seen clients never:
+    per-round and seen scores would cost most of a cell's time and change no figure.
+    """
     from dataclasses import replace
 
+    eval_cfg = replace(base.eval, every=base.federation.rounds, seen=False)
     ranks = replace(base.ranks, distribution=distribution)
     name = method
     row = homogeneous_row(method)
@@ -116,7 +122,7 @@ def cell_config(
         name, pick = row
         chosen = pick(base.ranks.types, key=_rank_size)
         ranks = replace(base.ranks, types=[chosen], distribution="uniform", assign={})
-    return replace(base, method=name, ranks=ranks, seed=seed)
+    return replace(base, method=name, ranks=ranks, seed=seed, eval=eval_cfg)
 
 
 def main(args: argparse.Namespace) -> int:

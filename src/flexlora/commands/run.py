@@ -167,6 +167,34 @@ def run_in(
     return 0
 
 
+def unseen_headline(summary: dict[str, Any]) -> str:
+    """One plain sentence on what the run shows: the unseen clients' Rouge-L and loss after
+    the last round, against the base model's when it was scored."""
+    n_unseen = summary["data"]["unseen_clients"]
+    if n_unseen == 0:
+        return (
+            "No unseen clients: this data holds out none, so the headline metric is not "
+            "measured (hold some out with data.unseen.fraction or data.unseen.count)."
+        )
+    final, base = summary["final"], summary.get("baseline") or {}
+    rounds = summary["rounds_completed"]
+    where = f"On the {n_unseen} unseen clients (never trained on)"
+    if not base:
+        return (
+            f"{where}, the global model scores Rouge-L {_fmt(final['unseen_rougeL'])} and "
+            f"loss {_fmt(final['unseen_loss'], 3)} after {rounds} rounds "
+            "(the base model was not scored: eval.baseline is false)."
+        )
+    gain = final["unseen_rougeL"] - base["unseen_rougeL"]
+    drop = final["unseen_loss"] - base["unseen_loss"]
+    return (
+        f"{where}, {rounds} rounds of federated training took Rouge-L from "
+        f"{_fmt(base['unseen_rougeL'])} to {_fmt(final['unseen_rougeL'])} ({gain:+.2f}) and "
+        f"loss from {_fmt(base['unseen_loss'], 3)} to {_fmt(final['unseen_loss'], 3)} "
+        f"({drop:+.3f})."
+    )
+
+
 def _fmt(value: Any, digits: int = 2) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
@@ -205,24 +233,9 @@ def print_summary(console: Console, summary: dict[str, Any], out: Path) -> None:
             _fmt(row.get("unseen_rougeL")),
         )
     console.print(table)
-    final = summary["final"]
-    before = (
-        f" (base model: {_fmt(base.get('unseen_rougeL'))}, {_fmt(base.get('unseen_loss'), 3)})"
-        if base
-        else ""
-    )
     timing = (
         f"Time {summary['timings']['total_seconds']:.0f} s "
         f"(aggregation {summary['timings']['aggregate_seconds']:.2f} s)."
     )
-    if summary["data"]["unseen_clients"] == 0:
-        console.print(
-            "No unseen clients: this data holds out none, so the headline metric is not "
-            "measured (hold some out with data.unseen.fraction or data.unseen.count).  " + timing
-        )
-    else:
-        console.print(
-            f"Unseen clients (never trained on): Rouge-L {_fmt(final.get('unseen_rougeL'))}, "
-            f"loss {_fmt(final.get('unseen_loss'), 3)}{before}.  " + timing
-        )
+    console.print(unseen_headline(summary) + "  " + timing)
     console.print(f"Results in {out}/ (summary.json, metrics.jsonl, adapters/, plots/)")

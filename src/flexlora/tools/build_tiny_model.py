@@ -3,7 +3,8 @@
     python -m flexlora.tools.build_tiny_model --out src/flexlora/assets/flexlora-tiny
 
 Steps: generate a pretraining corpus (Alpaca-formatted examples of the synthetic task
-families' *pretraining-only* variants, plus plain pseudo-word text), train a byte-level
+families' *pretraining-only* variants, open-book questions about fresh made-up worlds
+in wordings the world suite's clients never use, plus plain pseudo-word text), train a byte-level
 BPE tokenizer on it, pretrain a small Llama-architecture causal LM on it, and write the
 model folder atomically (temp folder next to the target, then rename).
 
@@ -34,6 +35,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from flexlora.data.synthetic import pretraining_examples
 from flexlora.data.synthetic.words import pick, pseudo_word
+from flexlora.data.synthetic.world import pretraining_examples as world_pretraining_examples
 from flexlora.data.types import Example
 from flexlora.errors import FlexLoraError
 
@@ -68,14 +70,20 @@ class BuildConfig:
     block_size: int = 256
     """Tokens per packed training row (documents are concatenated, <s> ... </s> each)."""
     batch_size: int = 16
-    steps: int = 450
+    steps: int = 1200
     lr: float = 3e-3
-    warmup_steps: int = 30
+    warmup_steps: int = 40
     weight_decay: float = 0.01
     text_fraction: float = 0.05
     """Share of corpus documents that are plain pseudo-word text rather than instructions."""
+    world_fraction: float = 0.4
+    """Share of corpus documents that are open-book world questions (see world.py)."""
+    loss_on_context: bool = True
+    """Take the loss on every token, prompt included, not on the responses only: a model
+    this small pretrained on responses alone learns the language too poorly for LoRA to
+    fine-tune it (the loss barely moves and higher learning rates diverge)."""
     tokenizer_docs: int = 20_000
-    threads: int = 2
+    threads: int = 1
     compile: bool = True
     """torch.compile the training step: about 2.4x faster on a 2-core CPU after a ~1 min compile."""
 
@@ -86,8 +94,12 @@ class BuildConfig:
             )
         if self.steps < 1 or self.batch_size < 1 or self.block_size < 16:
             raise FlexLoraError("build: steps and batch_size must be >= 1, block_size >= 16")
-        if not 0 <= self.text_fraction < 1:
-            raise FlexLoraError(f"build: text_fraction must be in [0, 1), got {self.text_fraction}")
+        fractions = (self.text_fraction, self.world_fraction)
+        if min(fractions) < 0 or sum(fractions) >= 1:
+            raise FlexLoraError(
+                "build: text_fraction and world_fraction must be >= 0 and sum to less than 1, "
+                f"got {self.text_fraction} and {self.world_fraction}"
+            )
 
 
 SMOKE_CONFIG = BuildConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_layers=1,
@@ -136,19 +148,24 @@ def plain_text(rng: Generator) -> str:
     return pick(rng, ("\n", " | ", ". ")).join([run] * int(rng.integers(2, 4)))
 
 
-def corpus_documents(n: int, rng: Generator, text_fraction: float) -> list[Document]:
+def corpus_documents(
+    n: int, rng: Generator, text_fraction: float, world_fraction: float = 0.0
+) -> list[Document]:
     """`n` pretraining documents, deterministic for the generator's state."""
-    n_text = round(n * text_fraction)
-    docs = [(alpaca_prompt(e), e.output) for e in pretraining_examples(n - n_text, rng)]
+    n_text, n_world = round(n * text_fraction), round(n * world_fraction)
+    examples = pretraining_examples(n - n_text - n_world, rng)
+    examples += world_pretraining_examples(n_world, rng)
+    docs = [(alpaca_prompt(e), e.output) for e in examples]
     docs += [("", plain_text(rng)) for _ in range(n_text)]
     order = rng.permutation(len(docs))
     return [docs[int(i)] for i in order]
 
 
 def tokenize_documents(
-    tokenizer: PreTrainedTokenizerFast, docs: Sequence[Document]
+    tokenizer: PreTrainedTokenizerFast, docs: Sequence[Document], loss_on_context: bool = False
 ) -> list[tuple[list[int], list[int]]]:
-    """(ids, labels) per document: <s> context target </s>, labels -100 over <s> context.
+    """(ids, labels) per document: <s> context target </s>, labels -100 over <s> context
+    (over <s> alone with `loss_on_context`).
 
     Context and target are tokenised apart, as fine-tuning does; the byte-level
     pre-tokenizer splits at the newline ending every prompt, so this equals tokenising
@@ -158,7 +175,10 @@ def tokenize_documents(
     targets = tokenizer([t for _, t in docs], add_special_tokens=False)["input_ids"]
     eos = int(tokenizer.eos_token_id)
     return [
-        (ctx + tgt + [eos], [-100] * len(ctx) + tgt + [eos])
+        (
+            ctx + tgt + [eos],
+            ([-100, *ctx[1:]] if loss_on_context else [-100] * len(ctx)) + tgt + [eos],
+        )
         for ctx, tgt in zip(contexts, targets, strict=True)
     ]
 
@@ -329,14 +349,16 @@ def build(config: BuildConfig, out: Path) -> float:
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)  # only the initialisation draws from the global generator
     rng = np.random.Generator(np.random.PCG64(config.seed))
-    tokenizer_docs = corpus_documents(config.tokenizer_docs, rng, config.text_fraction)
+    tokenizer_docs = corpus_documents(
+        config.tokenizer_docs, rng, config.text_fraction, config.world_fraction
+    )
     tokenizer = train_tokenizer([c + t for c, t in tokenizer_docs], config.vocab_size)
     # Enough documents for every step to see fresh rows (about one epoch).
     sample = tokenize_documents(tokenizer, tokenizer_docs[:500])
     avg_tokens = np.mean([len(ids) for ids, _ in sample])
     n_docs = int(config.steps * config.batch_size * config.block_size / avg_tokens) + 1
-    docs = corpus_documents(n_docs, rng, config.text_fraction)
-    blocks = pack(tokenize_documents(tokenizer, docs), config.block_size)
+    docs = corpus_documents(n_docs, rng, config.text_fraction, config.world_fraction)
+    blocks = pack(tokenize_documents(tokenizer, docs, config.loss_on_context), config.block_size)
     logger.info(
         "corpus: %d documents, %d rows of %d tokens, vocab %d",
         n_docs,
@@ -369,6 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--lr", type=float, default=None, help="override the peak learning rate")
     parser.add_argument("--text-fraction", type=float, default=None, help="override text_fraction")
+    parser.add_argument("--threads", type=int, default=None, help="override the torch threads")
     parser.add_argument(
         "--no-compile", action="store_true", help="train eagerly (no C++ compiler needed, slower)"
     )
@@ -388,6 +411,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = replace(config, lr=args.lr)
     if args.text_fraction is not None:
         config = replace(config, text_fraction=args.text_fraction)
+    if args.threads is not None:
+        config = replace(config, threads=args.threads)
     loss = build(config, args.out)
     logger.info("final loss %.4f, wrote %s", loss, args.out)
     return 0

@@ -1,7 +1,9 @@
-"""The offline default suite: synthetic multi-task instruction data, one task per client.
+"""Synthetic multi-task instruction data, one task per client, for offline runs.
 
-`build_synthetic_suite(options, seed)` turns the task families of this package into a
-federation: every client is one (family, variant) task with a stable readable id such as
+`build_synthetic_suite(options, seed)` builds the suite `options["suite"]` names:
+"world" (the default; see world.py), or "families", built by
+`build_family_suite(options, seed)` from the task families of this package: every
+client is one (family, variant) task with a stable readable id such as
 `reverse_words-v2`, its category is the family name, and some families (all their
 variants) and some variants of the other families are held out as unseen clients.
 Everything is drawn with `numpy.random.Generator(PCG64(...))` from the seed, so the same
@@ -22,6 +24,7 @@ from numpy.random import Generator
 from flexlora.data.synthetic.family import Params, TaskFamily
 from flexlora.data.synthetic.logic_families import LOGIC_FAMILIES
 from flexlora.data.synthetic.text_families import TEXT_FAMILIES
+from flexlora.data.synthetic.world import build_world_suite
 from flexlora.data.types import ClientData, Example
 from flexlora.errors import FlexLoraError
 
@@ -30,7 +33,7 @@ logger = logging.getLogger(__name__)
 FAMILIES: dict[str, TaskFamily] = {f.name: f for f in (*TEXT_FAMILIES, *LOGIC_FAMILIES)}
 """Every task family, by name (= the category of its examples)."""
 
-DEFAULT_OPTIONS: dict[str, Any] = {
+DEFAULT_OPTIONS: dict[str, Any] = {  # of the "families" suite
     "num_clients": 40,
     "train_per_client": 64,
     "eval_per_client": 8,
@@ -186,7 +189,19 @@ def _variant_of(cid: str) -> tuple[TaskFamily, Params]:
 
 
 def build_synthetic_suite(options: Mapping[str, Any], seed: int) -> SyntheticSuite:
-    """Build the suite described by `options` (see DEFAULT_OPTIONS) for `seed`.
+    """The suite `options["suite"]` names ("world", the default, or "families"), built
+    from the rest of `options` for `seed`."""
+    kind = options.get("suite", "world")
+    if kind == "world":
+        world = build_world_suite(options, seed)
+        return SyntheticSuite(clients=world.clients, unseen_ids=world.unseen_ids)
+    if kind == "families":
+        return build_family_suite({k: v for k, v in options.items() if k != "suite"}, seed)
+    raise FlexLoraError(f"data.synthetic.suite must be world or families, got {kind!r}")
+
+
+def build_family_suite(options: Mapping[str, Any], seed: int) -> SyntheticSuite:
+    """Build the task-family suite described by `options` (see DEFAULT_OPTIONS) for `seed`.
 
     Raises FlexLoraError on an unknown option, a bad value, or more clients than tasks.
     """
@@ -235,6 +250,7 @@ __all__ = [
     "FAMILIES",
     "SyntheticSuite",
     "TaskFamily",
+    "build_family_suite",
     "build_synthetic_suite",
     "client_id",
     "generate_examples",
