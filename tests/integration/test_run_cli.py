@@ -250,7 +250,11 @@ def test_every_preset_loads_and_runs_one_round(tiny_model: Path, tmp_path: Path)
             "data.max_length=128",
         ]
         if kind == "synthetic":
-            sets.append("data.synthetic={suite: families, num_clients: 12, train_per_client: 4}")
+            # the default world suite, small: every preset on it runs the default data path
+            sets.append(
+                "data.synthetic={entities: 6, entities_per_client: 3, train_per_client: 4, "
+                "eval_per_client: 1, test_per_client: 2}"
+            )
         if data_path is not None:
             sets.append(f"data.path={data_path}")
         if kind == "dolly":

@@ -182,3 +182,13 @@ def test_a_cell_scores_once_after_its_last_round_and_fedit_rows_take_one_type() 
     fedit = cell_config(base, "fedit-max", "heavy-tail-light", seed=0)
     assert fedit.method == "fedit" and fedit.ranks.types == [16]
     assert fedit.ranks.distribution == "uniform" and fedit.eval.every == 7
+
+
+def test_rows_are_paired_with_their_smallest_rank_baseline() -> None:
+    from flexlora.commands.compare import paired_baseline
+
+    assert paired_baseline("flexlora") == "fedit-min"
+    assert paired_baseline("slora+flexlora") == "slora-min"
+    assert paired_baseline("fedit-max") == "fedit-min"  # the bucket effect
+    assert paired_baseline("fedavg-max") == "fedavg-min"
+    assert paired_baseline("fedit-min") is None and paired_baseline("zeropad") is None

@@ -318,9 +318,13 @@ HIGHER_IS_BETTER = {"unseen_rougeL": True, "unseen_loss": False}
 def paired_baseline(row: str) -> str | None:
     """The homogeneous row a "recipe + FlexLoRA" row is measured against (the paper's
     Table 3): `flexlora` (FedIT's recipe) -> `fedit-min`, `RECIPE+flexlora` ->
-    `RECIPE-min`; None for any other row."""
+    `RECIPE-min`; and `RECIPE-max` -> `RECIPE-min` (the bucket effect: what the largest
+    rank gains over the smallest); None for any other row."""
     if row == "flexlora":
         return "fedit-min"
+    row_end = homogeneous_row(row)
+    if row_end is not None and row_end[1] is max:
+        return f"{row.removesuffix('-max')}-min"
     recipe, plus, aggregation = row.partition("+")
     if plus and aggregation == "flexlora":
         return "fedit-min" if recipe in ("local", "fedit") else f"{recipe}-min"
