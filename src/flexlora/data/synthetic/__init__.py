@@ -24,7 +24,7 @@ from numpy.random import Generator
 from flexlora.data.synthetic.family import Params, TaskFamily
 from flexlora.data.synthetic.logic_families import LOGIC_FAMILIES
 from flexlora.data.synthetic.text_families import TEXT_FAMILIES
-from flexlora.data.synthetic.world import build_world_suite
+from flexlora.data.synthetic.world import build_world_suite, with_defaults
 from flexlora.data.types import ClientData, Example
 from flexlora.errors import FlexLoraError
 
@@ -107,13 +107,7 @@ def _check_names(opts: Mapping[str, Any], key: str, known: Sequence[str]) -> lis
 
 
 def _validated(options: Mapping[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(options) - set(DEFAULT_OPTIONS))
-    if unknown:
-        raise FlexLoraError(
-            f"unknown option data.synthetic.{unknown[0]} "
-            f"(known: {', '.join(sorted(DEFAULT_OPTIONS))})"
-        )
-    opts = {**DEFAULT_OPTIONS, **options}
+    opts = with_defaults(options, DEFAULT_OPTIONS, "families")
     _check_int(opts, "num_clients", 2)
     _check_int(opts, "train_per_client", 1)
     _check_int(opts, "eval_per_client", 0)

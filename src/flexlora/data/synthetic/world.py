@@ -170,15 +170,22 @@ def _int_option(opts: Mapping[str, Any], key: str, minimum: int, maximum: int) -
     return value
 
 
-def validated_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """The world suite's options with defaults filled in; FlexLoraError on a bad one."""
-    unknown = sorted(set(options) - set(OPTIONS))
+def with_defaults(
+    options: Mapping[str, Any], defaults: Mapping[str, Any], suite: str
+) -> dict[str, Any]:
+    """`options` over a suite's `defaults`; FlexLoraError naming an option it does not know."""
+    unknown = sorted(set(options) - set(defaults))
     if unknown:
         raise FlexLoraError(
-            f"unknown option data.synthetic.{unknown[0]} for the world suite "
-            f"(known: {', '.join(sorted(OPTIONS))})"
+            f"unknown option data.synthetic.{unknown[0]} for the {suite} suite "
+            f"(known: {', '.join(sorted(defaults))})"
         )
-    opts = {**OPTIONS, **options}
+    return {**defaults, **options}
+
+
+def validated_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The world suite's options with defaults filled in; FlexLoraError on a bad one."""
+    opts = with_defaults(options, OPTIONS, "world")
     _int_option(opts, "entities", 2, 10_000)
     _int_option(opts, "entities_per_client", 1, opts["entities"])
     _int_option(opts, "paraphrases", 0, len(ATTRIBUTES))
