@@ -25,31 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from flexlora.assets import resolve_model_path
 from flexlora.config import MODULE_GROUPS
 from flexlora.data.synthetic import build_synthetic_suite
-from flexlora.data.types import Example
-from flexlora.tools.build_tiny_model import alpaca_prompt
-
-
-def encode(tokenizer: object, example: Example) -> tuple[list[int], list[int]]:
-    """(ids, labels): <s> prompt response </s>, the labels -100 over <s> prompt."""
-    prompt = tokenizer(alpaca_prompt(example))["input_ids"]  # type: ignore[operator]
-    answer = tokenizer(example.output, add_special_tokens=False)["input_ids"]  # type: ignore[operator]
-    answer = [*answer, tokenizer.eos_token_id]  # type: ignore[attr-defined]
-    return prompt + answer, [-100] * len(prompt) + answer
-
-
-def batch(rows: list[tuple[list[int], list[int]]], pad: int) -> dict[str, torch.Tensor]:
-    """Right-padded ids, labels and attention mask, each (B, longest row)."""
-    width = max(len(ids) for ids, _ in rows)
-    ids = torch.full((len(rows), width), pad)
-    labels = torch.full((len(rows), width), -100)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (x, y) in enumerate(rows):
-        ids[i, : len(x)], labels[i, : len(y)], mask[i, : len(x)] = (
-            torch.tensor(x),
-            torch.tensor(y),
-            1,
-        )
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+from rank_capacity import collate, encode  # this folder is on sys.path when run as a script
 
 
 def main() -> None:
@@ -72,8 +48,10 @@ def main() -> None:
         model = get_peft_model(model, lora)
     suite = build_synthetic_suite({}, 0)
     seen = [c for cid, c in suite.clients.items() if cid not in suite.unseen_ids]
-    train = [encode(tokenizer, e) for c in seen for e in c.train]
-    evals = batch([encode(tokenizer, e) for c in seen for e in c.eval][:96], tokenizer.pad_token_id)
+    train = encode(tokenizer, [e for c in seen for e in c.train])
+    evals = collate(
+        encode(tokenizer, [e for c in seen for e in c.eval])[:96], tokenizer.pad_token_id
+    )
     trained = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trained, lr=args.lr)
     started = time.perf_counter()
@@ -87,7 +65,7 @@ def main() -> None:
             print(f"step {step:5d}  seen eval loss {eval_loss:.3f}  ({seconds:.0f} s)")
         if step == args.steps:
             break
-        loss = model(**batch(draw.sample(train, 8), tokenizer.pad_token_id)).loss
+        loss = model(**collate(draw.sample(train, 8), tokenizer.pad_token_id)).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
