@@ -7,6 +7,7 @@ both in a second from text the test suite generates.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
@@ -98,3 +99,12 @@ def global_delta(run: Path) -> dict[str, torch.Tensor]:
         m: tensors[f"{m}.lora_B.weight"].double() @ tensors[f"{m}.lora_A.weight"].double()
         for m in modules
     }
+
+
+def without_timings(value: Any) -> Any:
+    """A record with every wall-clock field ("...seconds") taken out."""
+    if isinstance(value, dict):
+        return {k: without_timings(v) for k, v in value.items() if not k.endswith("seconds")}
+    if isinstance(value, list):
+        return [without_timings(v) for v in value]
+    return value

@@ -29,7 +29,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from engine_fixtures import make_tiny_model, quick_overrides, set_args
+from engine_fixtures import make_tiny_model, quick_overrides, set_args, without_timings
 from flexlora.cli import main as cli_main
 from flexlora.outputs import CHECKPOINT, METRICS, RUN_PLOTS
 
@@ -103,15 +103,6 @@ def newer(a: Path, b: Path) -> bool:
         return a.stat().st_mtime_ns > b.stat().st_mtime_ns
     except FileNotFoundError:
         return False
-
-
-def without_timings(value: Any) -> Any:
-    """A record with every wall-clock field ("...seconds") taken out."""
-    if isinstance(value, dict):
-        return {k: without_timings(v) for k, v in value.items() if not k.endswith("seconds")}
-    if isinstance(value, list):
-        return [without_timings(v) for v in value]
-    return value
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from engine_fixtures import make_tiny_model
-from flexlora.client import ClientReply, local_update
+from flexlora.client import ClientReply, ClientTask, local_update
 from flexlora.config import load_config
 from flexlora.experiment import PreparedExperiment, prepare_experiment
 from flexlora.lora import LoraFactors
@@ -53,6 +53,14 @@ def prepare(model: Path, cache: Path, *extra: str) -> PreparedExperiment:
     return prepare_experiment(cfg)
 
 
+def train_round(
+    run: PreparedExperiment, state: ServerState
+) -> tuple[list[ClientTask], list[ClientReply]]:
+    """(tasks, replies) of one round from `state`: the clients sampled, each trained."""
+    tasks = make_tasks(run.server, state, sample_clients(run.server, state))
+    return tasks, [local_update(run.engine.client, t) for t in tasks]
+
+
 def test_a_client_trains_the_same_whatever_the_order(tiny_model: Path, tmp_path: Path) -> None:
     # Prepare: one round's tasks
     run = prepare(tiny_model, tmp_path)
@@ -85,8 +93,7 @@ def test_a_failing_client_is_left_out_recorded_and_the_rest_aggregated(
     run = prepare(tiny_model, tmp_path)
     server = run.server
     state = initial_state(server)
-    tasks = make_tasks(server, state, sample_clients(server, state))
-    replies = [local_update(run.engine.client, t) for t in tasks]
+    tasks, replies = train_round(run, state)
     assert replies[1].factors is not None
     poisoned = {
         n: LoraFactors(f.B * math.nan, f.A, f.scaling) for n, f in replies[1].factors.items()
@@ -122,8 +129,7 @@ def test_too_few_usable_replies_end_the_round_with_the_reason(
     run = prepare(tiny_model, tmp_path, "federation.min_replies=3")
     server = run.server
     state = initial_state(server)
-    tasks = make_tasks(server, state, sample_clients(server, state))
-    replies = [local_update(run.engine.client, t) for t in tasks]
+    tasks, replies = train_round(run, state)
     replies[0] = ClientReply(tasks[0].client_id, None, 12, error="FloatingPointError: loss nan")
     with pytest.raises(RoundFailure, match=r"round 1: 1 of 3 clients failed .*min_replies=3"):
         aggregate_round(server, state, tasks, replies)
@@ -159,8 +165,7 @@ def test_hetlora_pruning_shrinks_a_clients_ranks_when_the_regulariser_wins(
         }
         for key, factors in fresh_factors(server, 0).items()
     }
-    tasks = make_tasks(server, state, sample_clients(server, state))
-    replies = [local_update(run.engine.client, t) for t in tasks]
+    tasks, replies = train_round(run, state)
 
     # Execute
     new_state, _, _ = aggregate_round(server, state, tasks, replies)
@@ -184,8 +189,7 @@ def test_flora_global_model_is_the_sum_of_its_merged_rounds(
     state: ServerState = initial_state(run.server)
     merged = []
     for _ in range(2):
-        tasks = make_tasks(run.server, state, sample_clients(run.server, state))
-        replies = [local_update(run.engine.client, t) for t in tasks]
+        tasks, replies = train_round(run, state)
         state, result, _ = aggregate_round(run.server, state, tasks, replies)
         host.merge_into_base(result.global_update)
         merged.append(result.global_update)
@@ -209,8 +213,7 @@ def test_fedex_folds_its_residual_into_the_base_and_the_global_model_stays_exact
         n: layer.base_layer.weight.detach().double().clone() for n, layer in host._layers.items()
     }
     state = initial_state(run.server)
-    tasks = make_tasks(run.server, state, sample_clients(run.server, state))
-    replies = [local_update(run.engine.client, t) for t in tasks]
+    tasks, replies = train_round(run, state)
 
     # Execute: aggregate and fold what the round hands the base
     state, result, _ = aggregate_round(run.server, state, tasks, replies)
@@ -296,8 +299,7 @@ def test_an_aggregate_that_overflows_stops_the_round_before_anything_is_kept(
     run = prepare(tiny_model, tmp_path)
     server = run.server
     state = initial_state(server)
-    tasks = make_tasks(server, state, sample_clients(server, state))
-    replies = [local_update(run.engine.client, t) for t in tasks]
+    tasks, replies = train_round(run, state)
     huge = [
         dataclasses.replace(
             r,
@@ -316,8 +318,7 @@ def test_a_client_whose_update_is_too_large_is_left_out(tiny_model: Path, tmp_pa
     # Prepare: a bound between the clients' update norms, so some pass and some do not
     run = prepare(tiny_model, tmp_path)
     state = initial_state(run.server)
-    tasks = make_tasks(run.server, state, sample_clients(run.server, state))
-    replies = [local_update(run.engine.client, t) for t in tasks]
+    tasks, replies = train_round(run, state)
     largest = {  # per client: its largest ‖s B A‖_F over modules, in float64
         r.client_id: max(
             float((f.scaling * (f.B.double() @ f.A.double())).norm())

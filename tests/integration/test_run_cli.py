@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
 
-from engine_fixtures import make_tiny_model, quick_overrides, set_args
+from engine_fixtures import make_tiny_model, quick_overrides, set_args, without_timings
 from flexlora.aggregation.ffa import ffa_shared_A
 from flexlora.cli import main
 from flexlora.config import load_config
@@ -325,15 +324,6 @@ class CrashAtRound(RunObserver):
     def round_started(self, round_index: int, clients: list[str]) -> None:
         if round_index == self.round_index:
             raise KeyboardInterrupt
-
-
-def without_timings(value: Any) -> Any:
-    """A metrics record with every wall-clock field ("...seconds") taken out."""
-    if isinstance(value, dict):
-        return {k: without_timings(v) for k, v in value.items() if not k.endswith("seconds")}
-    if isinstance(value, list):
-        return [without_timings(v) for v in value]
-    return value
 
 
 @pytest.mark.parametrize("method", ["flexlora", "hetlora", "flora"])
