@@ -2,9 +2,11 @@
 scored on the seen clients' eval split only.
 
     .venv/bin/python benchmarks/tune_default.py --lrs 1e-3,3e-3,1e-2 --local-steps 10,20
+    .venv/bin/python benchmarks/tune_default.py --recipe fedavg --lrs 0.1,0.3,1 --local-steps 20
 
 Every combination of the listed values is one `flexlora run` of `fedit-min` (FedIT,
-every client at the default's smallest rank type) on the offline default suite, scored
+every client at the default's smallest rank type; with `--recipe fedavg`, `fedavg-min`:
+FedAvg's SGD, whose rate is federation.sgd_lr) on the offline default suite, scored
 once after its last round on the seen clients' eval split; the unseen clients are not
 scored at all (eval.seen true, and the unseen test split is never read by this script).
 The table lists seen loss and Rouge-L, mean over the seeds, best loss first: the
@@ -32,10 +34,10 @@ def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
 
 
-def run_fedit_min(overrides: dict[str, object], seed: int, out: Path) -> dict[str, float]:
-    """One fedit-min run; returns its seen eval loss and Rouge-L after the last round."""
+def run_min(recipe: str, overrides: dict[str, object], seed: int, out: Path) -> dict[str, float]:
+    """One RECIPE-min run; returns its seen eval loss and Rouge-L after the last round."""
     sets = {
-        "method": "fedit",
+        "method": "fedit" if recipe == "fedit" else f"{recipe}+fedit",
         "ranks.types": "[2]",
         "seed": seed,
         "eval.baseline": "false",
@@ -53,7 +55,14 @@ def run_fedit_min(overrides: dict[str, object], seed: int, out: Path) -> dict[st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lrs", default="1e-3,3e-3,1e-2", help="AdamW learning rates")
+    parser.add_argument(
+        "--recipe",
+        choices=["fedit", "fedavg"],
+        default="fedit",
+        help="the baseline to tune: fedit-min (AdamW, federation.lr) or fedavg-min (SGD, "
+        "federation.sgd_lr)",
+    )
+    parser.add_argument("--lrs", default="1e-3,3e-3,1e-2", help="learning rates")
     parser.add_argument("--local-steps", default="10,20", help="local steps per round")
     parser.add_argument("--rounds", default="10", help="federated rounds")
     parser.add_argument("--clients-per-round", default="8", help="clients sampled a round")
@@ -73,8 +82,9 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, (lr, steps, rounds, per_round, alpha) in enumerate(grid):
+            lr_key = "federation.lr" if args.recipe == "fedit" else "federation.sgd_lr"
             overrides = {
-                "federation.lr": lr,
+                lr_key: lr,
                 "federation.local_steps": steps,
                 "federation.rounds": rounds,
                 "federation.clients_per_round": per_round,
@@ -82,7 +92,7 @@ def main() -> None:
             }
             started = time.perf_counter()
             scores = [
-                run_fedit_min(overrides, seed, Path(tmp) / f"{i}-{seed}")
+                run_min(args.recipe, overrides, seed, Path(tmp) / f"{i}-{seed}")
                 for seed in range(args.seeds)
             ]
             seconds = (time.perf_counter() - started) / args.seeds

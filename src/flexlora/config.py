@@ -175,6 +175,10 @@ class FederationConfig:
     lr: float = 3e-3
     """AdamW step size. The offline default's rounds, local steps and rate were chosen for
     FedIT at the smallest rank on the seen clients' eval split (benchmarks/tune_default.py)."""
+    sgd_lr: float | None = None
+    """SGD's step size, for the recipes that train with SGD (FedAvg) and for optimizer
+    sgd; null: lr. Its own setting because AdamW's rate means nothing to SGD: a grid
+    that pairs FedIT with FedAvg chooses each for its own baseline."""
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
     weight_decay: float = 0.0
     max_grad_norm: float | None = 1.0
@@ -206,6 +210,8 @@ class FederationConfig:
         if self.batch_size < 1 or self.grad_accum < 1:
             raise FlexLoraError("federation.batch_size and federation.grad_accum must be >= 1")
         _require_positive(self.lr, "federation.lr")
+        if self.sgd_lr is not None:
+            _require_positive(self.sgd_lr, "federation.sgd_lr")
         if self.weight_decay < 0:
             raise FlexLoraError(f"federation.weight_decay must be >= 0, got {self.weight_decay}")
         # A negative bound flips the clipped gradient's sign (gradient ascent), zero wipes it:

@@ -21,6 +21,8 @@ from flexlora.ranks import resolve_rank_type
         ("federation.lr=.inf", "federation.lr"),
         ("federation.lr=0", "federation.lr must be positive"),
         ("federation.lr=-1e-3", "federation.lr must be positive"),
+        ("federation.sgd_lr=0", "federation.sgd_lr must be positive"),
+        ("federation.sgd_lr=.inf", "federation.sgd_lr"),
         ("federation.weight_decay=-0.1", "federation.weight_decay must be >= 0"),
         ("federation.weight_decay=.inf", "federation.weight_decay"),
         ("federation.local_epochs=.nan", "federation.local_epochs"),
@@ -160,3 +162,28 @@ def test_hub_names_and_builtins_stay_as_written(
 def test_defaults_and_shipped_values_still_load() -> None:
     cfg = config_from_dict({})
     assert cfg.federation.lr > 0 and cfg.seed == 0
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "sgd_lr", "kind", "lr"),
+    [
+        ("adamw", None, "AdamW", 3e-3),
+        ("adamw", 0.5, "AdamW", 3e-3),  # AdamW ignores SGD's rate
+        ("sgd", None, "SGD", 3e-3),  # unset: federation.lr, as before the key existed
+        ("sgd", 0.5, "SGD", 0.5),
+    ],
+)
+def test_each_optimiser_takes_its_own_learning_rate(
+    optimizer: str, sgd_lr: float | None, kind: str, lr: float
+) -> None:
+    import torch
+
+    from flexlora.client import make_optimizer
+
+    overrides = ["federation.lr=3e-3", f"federation.optimizer={optimizer}"]
+    if sgd_lr is not None:
+        overrides.append(f"federation.sgd_lr={sgd_lr}")
+    fed = load_config(None, overrides).federation
+    built = make_optimizer([torch.nn.Parameter(torch.zeros(2))], fed)
+    assert type(built).__name__ == kind
+    assert built.param_groups[0]["lr"] == lr
