@@ -192,3 +192,17 @@ def test_rows_are_paired_with_their_smallest_rank_baseline() -> None:
     assert paired_baseline("fedit-max") == "fedit-min"  # the bucket effect
     assert paired_baseline("fedavg-max") == "fedavg-min"
     assert paired_baseline("fedit-min") is None and paired_baseline("zeropad") is None
+
+
+def test_a_cell_checkpointed_before_a_key_was_added_resumes_as_the_same_config() -> None:
+    from flexlora.commands.compare import same_config
+    from flexlora.config import config_to_dict, load_config
+
+    cfg = load_config(None, [])
+    older = config_to_dict(cfg)
+    del older["federation"]["sgd_lr"]  # written by a flexlora without the key
+    assert same_config(older, cfg)
+    changed = config_to_dict(cfg)
+    changed["federation"]["lr"] = 1e-2
+    assert not same_config(changed, cfg)
+    assert not same_config({"federation": {"no_such_key": 1}}, cfg)

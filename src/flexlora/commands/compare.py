@@ -262,7 +262,7 @@ def _run_cell_locked(
     from flexlora.simulation import RunObserver
 
     checkpoint = read_checkpoint(cell_dir) if (cell_dir / CHECKPOINT).is_file() else None
-    if checkpoint is not None and checkpoint.config != config_to_dict(cfg):
+    if checkpoint is not None and not same_config(checkpoint.config, cfg):
         raise FlexLoraError(f"--resume: {cell_dir} holds a run of another config")
     done = checkpoint.rounds_completed if checkpoint else 0
     console.print(f": resuming after round {done}" if checkpoint else "")
@@ -270,6 +270,15 @@ def _run_cell_locked(
         return run_experiment(cfg, cell_dir, RunObserver(), checkpoint).summary
     with RichObserver(console, cfg.federation.rounds, label[:22], done_rounds=done) as observer:
         return run_experiment(cfg, cell_dir, observer, checkpoint).summary
+
+
+def same_config(saved: dict[str, Any], cfg: ExperimentConfig) -> bool:
+    """Whether a cell's checkpointed config is `cfg`, compared after parsing both: a key
+    added to flexlora since the checkpoint was written, at its default, is no change."""
+    try:
+        return config_to_dict(config_from_dict(saved)) == config_to_dict(cfg)
+    except FlexLoraError:  # a config this flexlora cannot read is not this cell's
+        return False
 
 
 def read_grid(out: Path) -> tuple[ExperimentConfig, list[str], list[str], list[int]]:
