@@ -278,19 +278,17 @@ def _schedule(kind: str, total: int) -> Callable[[int], float]:
 
 def make_optimizer(params: list[nn.Parameter], fed: FederationConfig) -> torch.optim.Optimizer:
     """AdamW (FedIT, as the authors trained) or plain SGD (FedAvg); fresh every round."""
+    lr = _step_size(fed)[0]
     if fed.optimizer == "sgd":
-        lr = fed.lr if fed.sgd_lr is None else fed.sgd_lr
         return torch.optim.SGD(params, lr=lr, weight_decay=fed.weight_decay)
-    return torch.optim.AdamW(params, lr=fed.lr, weight_decay=fed.weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=fed.weight_decay)
 
 
-def _lr_key(fed: FederationConfig) -> str:
-    """The config key that set this optimiser's step size."""
-    return (
-        "federation.sgd_lr"
-        if fed.optimizer == "sgd" and fed.sgd_lr is not None
-        else ("federation.lr")
-    )
+def _step_size(fed: FederationConfig) -> tuple[float, str]:
+    """The optimiser's step size and the config key that set it (SGD's own, when given)."""
+    if fed.optimizer == "sgd" and fed.sgd_lr is not None:
+        return fed.sgd_lr, "federation.sgd_lr"
+    return fed.lr, "federation.lr"
 
 
 def train_client(
@@ -360,7 +358,7 @@ def train_client(
         first = int((~torch.isfinite(losses)).nonzero()[0])
         raise FloatingPointError(
             f"the training loss became {float(losses[first])} at local step {first + 1} of "
-            f"{steps} (lower {_lr_key(fed)} or set federation.max_grad_norm)"
+            f"{steps} (lower {_step_size(fed)[1]} or set federation.max_grad_norm)"
         )
     return ClientTrainResult(
         loss=float(losses.mean()),

@@ -173,8 +173,9 @@ class FederationConfig:
     optimizer: Literal["adamw", "sgd"] = "adamw"
     """adamw: FedIT as the authors ran it; sgd: plain FedAvg."""
     lr: float = 3e-3
-    """AdamW step size. The offline default's rounds, local steps and rate were chosen for
-    FedIT at the smallest rank on the seen clients' eval split (benchmarks/tune_default.py)."""
+    """AdamW's step size (and SGD's while sgd_lr is null). The offline default's rounds,
+    local steps and rate were chosen for FedIT at the smallest rank on the seen clients'
+    eval split (benchmarks/tune_default.py)."""
     sgd_lr: float | None = None
     """SGD's step size, for the recipes that train with SGD (FedAvg) and for optimizer
     sgd; null: lr. Its own setting because AdamW's rate means nothing to SGD: a grid
