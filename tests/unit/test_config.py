@@ -165,20 +165,20 @@ def test_defaults_and_shipped_values_still_load() -> None:
 
 
 @pytest.mark.parametrize(
-    ("optimizer", "sgd_lr", "kind", "lr"),
+    ("optimizer", "sgd_lr", "kind", "lr", "key"),
     [
-        ("adamw", None, "AdamW", 3e-3),
-        ("adamw", 0.5, "AdamW", 3e-3),  # AdamW ignores SGD's rate
-        ("sgd", None, "SGD", 3e-3),  # unset: federation.lr, as before the key existed
-        ("sgd", 0.5, "SGD", 0.5),
+        ("adamw", None, "AdamW", 3e-3, "federation.lr"),
+        ("adamw", 0.5, "AdamW", 3e-3, "federation.lr"),  # AdamW ignores SGD's rate
+        ("sgd", None, "SGD", 3e-3, "federation.lr"),  # unset: lr, as before the key existed
+        ("sgd", 0.5, "SGD", 0.5, "federation.sgd_lr"),
     ],
 )
 def test_each_optimiser_takes_its_own_learning_rate(
-    optimizer: str, sgd_lr: float | None, kind: str, lr: float
+    optimizer: str, sgd_lr: float | None, kind: str, lr: float, key: str
 ) -> None:
     import torch
 
-    from flexlora.client import make_optimizer
+    from flexlora.client import _step_size, make_optimizer
 
     overrides = ["federation.lr=3e-3", f"federation.optimizer={optimizer}"]
     if sgd_lr is not None:
@@ -187,3 +187,4 @@ def test_each_optimiser_takes_its_own_learning_rate(
     built = make_optimizer([torch.nn.Parameter(torch.zeros(2))], fed)
     assert type(built).__name__ == kind
     assert built.param_groups[0]["lr"] == lr
+    assert _step_size(fed) == (lr, key)  # the key a divergence message tells to lower
