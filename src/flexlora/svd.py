@@ -171,6 +171,13 @@ def gram_topk_svd(M: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     return U.to(M.dtype), S.to(M.dtype), V.mT.to(M.dtype)
 
 
+# Below this size torch's full eigh takes milliseconds (n = 256: 5.5 ms against the
+# subset solver's 9 ms), and calling scipy's BLAS between torch's small ops costs more
+# than it saves: the offline default's aggregation (64-wide modules) took 0.9-1.1 s
+# with the subset solver and 0.5-0.6 s without (docs/benchmarks.md).
+SUBSET_MIN_SIZE = 512
+
+
 def top_eigenvectors(G: Tensor, k: int) -> Tensor:
     """Eigenvectors of the k largest eigenvalues of a symmetric G (n, n), descending.
 
@@ -178,12 +185,13 @@ def top_eigenvectors(G: Tensor, k: int) -> Tensor:
     LAPACK's MRRR solver for that subset only (`dsyevr` through scipy): a Householder
     tridiagonal reduction, k eigenvectors of the tridiagonal matrix and their back
     transformation, about 0.4 of a full `torch.linalg.eigh` for n = 2048 and k = 200
-    (torch has no subset solver). Other devices and dtypes use torch's full eigh.
-    Eigenvectors of a repeated eigenvalue are any orthonormal basis of its eigenspace.
+    (torch has no subset solver). Below `SUBSET_MIN_SIZE`, on other devices and in other
+    dtypes, torch's full eigh. Eigenvectors of a repeated eigenvalue are any orthonormal
+    basis of its eigenspace.
     """
     n = int(G.shape[0])
     k = min(k, n)
-    if G.device.type == "cpu" and G.dtype == torch.float64:
+    if n >= SUBSET_MIN_SIZE and G.device.type == "cpu" and G.dtype == torch.float64:
         from scipy.linalg import eigh  # imported here: the CLI starts without scipy
 
         # scipy's LAPACK has its own thread pool: hold it to torch's thread count, so

@@ -10,6 +10,12 @@ import torch
 from flexlora.svd import top_eigenvectors
 
 
+@pytest.fixture
+def subset_solver_for_any_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests use small matrices: send them to LAPACK's subset solver anyway."""
+    monkeypatch.setattr("flexlora.svd.SUBSET_MIN_SIZE", 1)
+
+
 def _symmetric_with_distinct_eigenvalues(n: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(3)
     Q = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))[0]
@@ -17,6 +23,7 @@ def _symmetric_with_distinct_eigenvalues(n: int) -> tuple[torch.Tensor, torch.Te
     return (Q * eigenvalues) @ Q.T, Q
 
 
+@pytest.mark.usefixtures("subset_solver_for_any_size")
 @pytest.mark.parametrize("k", [1, 5, 40, 60])
 def test_top_eigenvectors_are_the_leading_ones_and_read_only_the_lower_triangle(k: int) -> None:
     # Prepare: known eigenvectors Q (columns by descending eigenvalue); garbage above the
@@ -40,6 +47,7 @@ def test_top_eigenvectors_of_float32_use_torch_and_agree() -> None:
     torch.testing.assert_close(X.double() * signs, Q[:, :3], rtol=0, atol=1e-5)
 
 
+@pytest.mark.usefixtures("subset_solver_for_any_size")
 def test_scipy_blas_is_held_to_torch_thread_count(monkeypatch: pytest.MonkeyPatch) -> None:
     # Prepare: record scipy's BLAS thread count while its eigensolver runs
     seen: list[int] = []
@@ -63,3 +71,15 @@ def test_scipy_blas_is_held_to_torch_thread_count(monkeypatch: pytest.MonkeyPatc
         torch.set_num_threads(threads)
     # Assert: every BLAS pool was held to one thread during the call
     assert seen and set(seen) == {1}
+
+
+def test_small_matrices_use_torch_and_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Below SUBSET_MIN_SIZE scipy is never called, and the answer is the same
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("scipy's eigh called for a small matrix")
+
+    monkeypatch.setattr(scipy.linalg, "eigh", forbidden)
+    G, Q = _symmetric_with_distinct_eigenvalues(30)
+    X = top_eigenvectors(G, 4)
+    signs = torch.sign((X * Q[:, :4]).sum(dim=0))
+    torch.testing.assert_close(X * signs, Q[:, :4], rtol=0, atol=1e-10)
