@@ -256,6 +256,37 @@ def _transposed_product_f64(X: Tensor, Y: Tensor, chunk: int = CAST_CHUNK) -> Te
     return torch.cat(columns, dim=1).mT  # (k, m) -> (m, k)
 
 
+# Below about 256³ multiply-adds the conversions to oneDNN's tensors cost more than its
+# kernels save (64³: 0.05 ms against torch's 0.01 ms; 256³: 0.25 against 0.34 ms).
+ONEDNN_MIN_MACS = 256**3
+
+
+def dense_product(B: Tensor, A: Tensor) -> Tensor:
+    """dW = B @ A for B (out, R) and A (R, in), through oneDNN for large float32 CPU products.
+
+    torch's CPU matmul calls MKL, which ran AVX2 kernels on the AVX-512 AMD EPYC of
+    docs/benchmarks; oneDNN, also inside torch, picks its kernels by instruction set.
+    There the (5504, 3482) @ (3482, 2048) product took 0.52 s through oneDNN
+    (conversions included) against 0.85 s through torch.matmul, one thread. Both sum
+    in float32, each in its own order: they agree to float32 rounding, not bit for bit.
+    Other devices, dtypes, small products and torch builds without oneDNN:
+    torch.matmul. The conversions copy B, A and dW once each (transient memory).
+    """
+    _check_factor_pair(B, A)
+    out, rank, inn = int(B.shape[0]), int(B.shape[1]), int(A.shape[1])
+    if (
+        B.device.type == "cpu"
+        and A.device.type == "cpu"
+        and B.dtype == A.dtype == torch.float32
+        and out * rank * inn >= ONEDNN_MIN_MACS
+        and torch.backends.mkldnn.is_available()
+    ):
+        # oneDNN's inner product is linear(x, w) = x wᵀ: x = B (out, R), w = Aᵀ (in, R).
+        product = torch.ops.aten.mkldnn_linear(B.to_mkldnn(), A.mT.contiguous().to_mkldnn())
+        return product.to_dense()  # (out, in)
+    return B @ A  # (out, R) @ (R, in) -> (out, in)
+
+
 def triplet_residual(M: Tensor, U: Tensor, S: Tensor, Vh: Tensor) -> float:
     """‖M V − U Σ‖_F / ‖Σ‖_F: how far (U, S, Vh) is from being M's singular triplets.
 
@@ -336,7 +367,7 @@ def truncated_svd_of_product(
         U, S, Vh = factored_svd(B, A)
         total = float(S.double().square().sum())
         return U[:, :k], S[:k], Vh[:k], SvdInfo(path, stacked_rank, total)
-    dense = B @ A  # (out, R) @ (R, in) -> (out, in)
+    dense = dense_product(B, A)  # (out, R) @ (R, in) -> (out, in)
     total = float(torch.linalg.vector_norm(dense, dtype=torch.float64) ** 2)
     dense_mode: Literal["exact", "fast"] = "fast" if path == "dense_fast" else "exact"
     U, S, Vh = dense_topk_svd(dense, k, dense_mode, generator, oversample, power_iters)

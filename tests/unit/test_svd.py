@@ -7,7 +7,9 @@ import torch
 
 from flexlora.errors import FlexLoraError
 from flexlora.svd import (
+    ONEDNN_MIN_MACS,
     choose_svd_path,
+    dense_product,
     dense_topk_svd,
     factored_singular_values,
     factored_svd,
@@ -331,3 +333,53 @@ def test_gram_topk_of_a_zero_matrix_is_zero_and_finite() -> None:
     assert float(S.abs().max()) == 0.0
     assert bool(torch.isfinite(U).all() and torch.isfinite(Vh).all())
     assert float(((U * S) @ Vh).abs().max()) == 0.0
+
+
+def _count_onednn_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Patch Tensor.to_mkldnn to count conversions: one per factor on oneDNN's path."""
+    calls: list[int] = []
+    original = torch.Tensor.to_mkldnn
+
+    def counting(self: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return original(self)
+
+    monkeypatch.setattr(torch.Tensor, "to_mkldnn", counting)
+    return calls
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+def test_dense_product_of_large_float32_factors_goes_through_onednn_and_is_accurate(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    B, A = (t.float() for t in _factors(300, 280, 260, seed=40))
+    assert ONEDNN_MIN_MACS <= 300 * 280 * 260
+    calls = _count_onednn_calls(monkeypatch)
+    got = dense_product(B, A)
+    assert len(calls) == 2
+    assert got.dtype == torch.float32 and got.shape == (300, 260) and got.layout == torch.strided
+    exact = B.double() @ A.double()
+    assert _relative(got, exact) < 1e-6
+    # a different summation order from torch's matmul, the same answer to float32 rounding
+    assert _relative(B @ A, exact) < 1e-6
+    # non-contiguous factors: B as every other column of a wider matrix, A transposed
+    strided_B = torch.stack([B, torch.zeros_like(B)], dim=2).flatten(1)[:, ::2]
+    A_t = A.mT.contiguous().mT
+    assert not strided_B.is_contiguous() and not A_t.is_contiguous()
+    assert _relative(dense_product(strided_B, A_t), exact) < 1e-6
+
+
+def test_dense_product_keeps_torch_matmul_for_small_float64_and_without_onednn(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls = _count_onednn_calls(monkeypatch)
+    B, A = _factors(40, 30, 20, seed=41)
+    assert torch.equal(dense_product(B, A), B @ A)  # float64
+    B32, A32 = B.float(), A.float()
+    assert torch.equal(dense_product(B32, A32), B32 @ A32)  # below ONEDNN_MIN_MACS
+    big_B, big_A = (t.float() for t in _factors(300, 280, 260, seed=42))
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    assert torch.equal(dense_product(big_B, big_A), big_B @ big_A)
+    assert calls == []
+    with pytest.raises(FlexLoraError, match="expected factors"):
+        dense_product(B, A.mT)

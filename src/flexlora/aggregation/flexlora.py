@@ -63,6 +63,7 @@ from flexlora.svd import (
     DEFAULT_POWER_ITERS,
     SvdMode,
     choose_svd_path,
+    dense_product,
     dense_topk_svd,
     factored_svd,
     gram_topk_svd,
@@ -199,7 +200,7 @@ def _decompose(
         # max(out, in)·eps·σ_1 changed dW by ~1e-4 relative on attention modules.)
         global_B = U * S  # (out, R) · (R,) -> (out, R)
         return _ModuleSvd(U[:, :r_max], S[:r_max], Vh[:r_max], total, global_B, Vh, S, path)
-    dense = Bc @ Ac  # (out, R) @ (R, in) -> (out, in)
+    dense = dense_product(Bc, Ac)  # (out, R) @ (R, in) -> (out, in)
     total = float(torch.linalg.vector_norm(dense, dtype=torch.float64) ** 2)
     # On both dense paths the global update is the stacked factors: exactly dW, for free.
     if path == "dense_exact":

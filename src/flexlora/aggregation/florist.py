@@ -54,7 +54,7 @@ from flexlora.aggregation.common import (
 from flexlora.aggregation.zeropad import truncate_for_recipient
 from flexlora.errors import FlexLoraError
 from flexlora.lora import AdapterFactors, LoraFactors
-from flexlora.svd import choose_svd_path, factored_svd, numerical_rank
+from flexlora.svd import choose_svd_path, dense_product, factored_svd, numerical_rank
 
 
 @dataclass(frozen=True)
@@ -134,6 +134,6 @@ def _full_svd(Bc: Tensor, Ac: Tensor) -> tuple[Tensor, Tensor, Tensor, str]:
     if path == "factored":
         U, S, Vh = factored_svd(Bc, Ac)  # (out, R), (R,), (R, in)
         return U, S, Vh, path
-    dense = Bc @ Ac  # (out, R) @ (R, in) -> (out, in)
+    dense = dense_product(Bc, Ac)  # (out, R) @ (R, in) -> (out, in)
     U, S, Vh = torch.linalg.svd(dense, full_matrices=False)  # (out, n), (n,), (n, in)
     return U, S, Vh, path
