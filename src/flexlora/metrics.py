@@ -17,16 +17,23 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-
-from rouge_score import rouge_scorer
+from typing import TYPE_CHECKING
 
 from flexlora.errors import FlexLoraError
 
+if TYPE_CHECKING:
+    from rouge_score.rouge_scorer import RougeScorer
+
 
 @functools.lru_cache(maxsize=2)
-def rouge_l_scorer(use_stemmer: bool = True) -> rouge_scorer.RougeScorer:
+def rouge_l_scorer(use_stemmer: bool = True) -> RougeScorer:
     """The shared Rouge-L scorer (built once: the Porter stemmer carries a cache)."""
-    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=use_stemmer)
+    # Imported on first use: rouge-score loads nltk, and nltk scipy.stats (~0.4 s on a
+    # quiet 2-core machine), which a process that only trains, such as the Flower
+    # ClientApp that starts for every message, never needs.
+    from rouge_score.rouge_scorer import RougeScorer
+
+    return RougeScorer(["rougeL"], use_stemmer=use_stemmer)
 
 
 def rouge_l(prediction: str, reference: str, *, use_stemmer: bool = True) -> float:

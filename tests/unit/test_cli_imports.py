@@ -80,3 +80,18 @@ def test_aggregate_imports_torch_but_not_transformers_or_peft(tmp_path: Path) ->
     assert (tmp_path / "out" / "global" / "adapter_model.safetensors").is_file()
     assert "torch" in modules
     assert [m for m in NOT_FOR_AGGREGATE if m in modules] == []
+
+
+def test_the_training_path_does_not_import_the_scorer() -> None:
+    # What a Flower ClientApp imports to train (it starts afresh for every message);
+    # Rouge-L is scored on the server, and rouge-score brings nltk and scipy.stats.
+    code = (
+        "import json, sys\n"
+        "import flexlora.client, flexlora.experiment, flexlora.flower.client_app\n"
+        "print(json.dumps([m for m in ('rouge_score', 'nltk') if m in sys.modules]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
