@@ -28,9 +28,9 @@ if TYPE_CHECKING:
 @functools.lru_cache(maxsize=2)
 def rouge_l_scorer(use_stemmer: bool = True) -> RougeScorer:
     """The shared Rouge-L scorer (built once: the Porter stemmer carries a cache)."""
-    # Imported on first use: rouge-score loads nltk, and nltk scipy.stats (~0.4 s on a
-    # quiet 2-core machine), which a process that only trains, such as the Flower
-    # ClientApp that starts for every message, never needs.
+    # Imported on first use: rouge-score loads nltk, and nltk scipy.stats (about 0.9 s
+    # per process on the 2-core machine of docs/benchmarks.md), which a process that
+    # only trains, such as the Flower ClientApp that starts for every message, never needs.
     from rouge_score.rouge_scorer import RougeScorer
 
     return RougeScorer(["rougeL"], use_stemmer=use_stemmer)
