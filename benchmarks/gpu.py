@@ -3,26 +3,42 @@
     python benchmarks/gpu.py --out /tmp/gpu            # on a machine with a CUDA GPU
     python benchmarks/gpu.py --dry-run --out /tmp/gpu  # tiny shapes on the CPU (the tests)
 
-(a) runs the test suite's GPU-marked tests (`pytest -m gpu`);
-(b) times the aggregation benchmark's cases a and b on the GPU against the same code on
-    the CPU (`benchmarks/aggregation.py --device`), one layer each;
+(a) runs the test suite's GPU-marked tests (`pytest -m gpu` on the files that hold them);
 (c) runs 2 rounds of a randomly initialised Llama with the paper's 1.3B shapes (hidden
     2048, FFN 5504, 24 layers; built from a config, nothing downloaded) at the paper
     preset's rank types and batch sizes (batch 4, 2 accumulation steps) in bfloat16, and
     records the round time, the share spent in aggregation, tokens/s per client and the
-    peak GPU memory.
-Everything it prints also goes to OUT/gpu.json. The dry run does the same with tiny
-shapes on the CPU (no GPU tests, the aggregation benchmark skipped), so the script
+    peak GPU memory;
+(b) times the aggregation benchmark's cases a and b on the GPU against the same code on
+    the CPU (`benchmarks/aggregation.py --device`), one layer each.
+They run in that order, and OUT/gpu.json is rewritten after each, so a run stopped at
+its time limit keeps every part it finished; the exit status is 1 when a part failed.
+The model and the run go to --work (a temporary folder, removed, by default), so OUT
+holds only the report. The dry run does (c) with tiny shapes on the CPU, so the script
 cannot rot unseen.
+
+On a lent GPU machine (the device tool; its image has torch, transformers, peft and
+scipy but no rouge-score or nltk, and no network), build their wheels here first into
+the ignored folder .gpu-wheels:
+
+    .venv/bin/pip wheel --no-deps -w .gpu-wheels rouge-score==0.1.2 nltk==3.10.4
+
+then run, with `carry: [".gpu-wheels"]` and a timeout of 600 s:
+
+    python3 -m pip install --no-index --no-deps .gpu-wheels/*.whl &&
+    PYTHONPATH=src PYTHONUNBUFFERED=1 FLWR_TELEMETRY_ENABLED=0 python3 benchmarks/gpu.py --out $OUT
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +77,12 @@ def build_model(folder: Path, *, dry_run: bool) -> Path:
     )
     torch.manual_seed(0)  # a fixed random model: the benchmark times, it does not learn
     dtype = torch.float32 if dry_run else torch.bfloat16
-    LlamaForCausalLM(config).to(dtype).save_pretrained(folder)
+    # Drawn on the GPU: 1.3B float32 weights take a minute or more to draw on a CPU.
+    with torch.device("cpu" if dry_run else "cuda"):
+        model = LlamaForCausalLM(config)
+    torch.nn.Module.to(model, dtype)  # (transformers' own `to` is typed for its decorator)
+    model.save_pretrained(folder)
+    del model
     tokenizer.save_pretrained(folder)
     return folder
 
@@ -116,38 +137,81 @@ def two_rounds(model: Path, out: Path, *, dry_run: bool) -> dict[str, Any]:
 
 
 def run(command: list[str], seconds: float) -> dict[str, Any]:
+    """A subprocess in the repository root: its exit status, wall time and last lines."""
     started = time.perf_counter()
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=seconds)
-    tail = (done.stdout + done.stderr).strip().splitlines()[-15:]
+    try:
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=seconds)
+    except subprocess.TimeoutExpired as stopped:
+        output = (stopped.stdout or b"").decode() + (stopped.stderr or b"").decode()
+        rc, lines = None, [*output.strip().splitlines()[-15:], f"(stopped after {seconds:g} s)"]
+    else:
+        rc, lines = done.returncode, (done.stdout + done.stderr).strip().splitlines()[-15:]
     return {
         "command": " ".join(command),
-        "rc": done.returncode,
+        "rc": rc,
         "seconds": time.perf_counter() - started,
-        "tail": tail,
+        "tail": lines,
     }
+
+
+def gpu_test_files() -> list[str]:
+    """The test files that hold GPU-marked tests. Only these are collected: the rest may
+    import what a lent GPU machine lacks (Flower, datasets) and would stop collection."""
+    return sorted(
+        str(path.relative_to(REPO))
+        for path in (REPO / "tests").rglob("test_*.py")
+        if "pytest.mark.gpu" in path.read_text()
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="where gpu.json goes")
+    parser.add_argument(
+        "--work", type=Path, help="scratch for the model and the run (default: a temp folder)"
+    )
     parser.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU")
     args = parser.parse_args()
     if not args.dry_run and not torch.cuda.is_available():
         sys.exit("gpu.py: no CUDA device (use --dry-run for the CPU check)")
     args.out.mkdir(parents=True, exist_ok=True)
+    work = args.work or Path(tempfile.mkdtemp(prefix="flexlora-gpu-"))
+    work.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"device": "cpu" if args.dry_run else torch.cuda.get_device_name()}
+    failed: list[str] = []
+
+    def step(name: str, action: Callable[[], Any]) -> None:
+        """Run one part, record its result or its error, and save the report at once: a
+        run stopped at its time limit still leaves every part finished before it."""
+        print(f"[gpu.py {time.strftime('%H:%M:%S')}] {name} ...", flush=True)
+        try:
+            report[name] = action()
+        except Exception as error:  # a benchmark: record the failure, go on to the next part
+            report[name] = {"error": f"{type(error).__name__}: {error}"}
+            failed.append(name)
+        else:
+            if isinstance(report[name], dict) and report[name].get("rc", 0) != 0:
+                failed.append(name)
+        (args.out / "gpu.json").write_text(json.dumps(report, indent=2))
+        print(json.dumps({name: report[name]}, indent=2), flush=True)
+
     python = sys.executable
     if not args.dry_run:
-        report["gpu_tests"] = run([python, "-m", "pytest", "-q", "-m", "gpu"], 240)
+        tests = [python, "-m", "pytest", "-q", "-m", "gpu", *gpu_test_files()]
+        step("gpu_tests", lambda: run(tests, 150))
+    # The two rounds come before the aggregation benchmark: they are the figure no other
+    # part gives, so a run that meets its time limit should have them.
+    model = build_model(work / "model", dry_run=args.dry_run)
+    step("two_rounds", lambda: two_rounds(model, work, dry_run=args.dry_run))
+    if not args.dry_run:
         aggregation = [python, "benchmarks/aggregation.py", "--case", "a", "b", "--layers", "1"]
         aggregation += ["--b-layers", "1", "--repeat", "1", "--no-memory", "--device"]
-        report["aggregation"] = {
-            device: run([*aggregation, device], 240) for device in ("cuda", "cpu")
-        }
-    model = build_model(args.out / "model", dry_run=args.dry_run)
-    report["two_rounds"] = two_rounds(model, args.out, dry_run=args.dry_run)
-    (args.out / "gpu.json").write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
+        step("aggregation_cuda", lambda: run([*aggregation, "cuda"], 150))
+        step("aggregation_cpu", lambda: run([*aggregation, "cpu"], 150))
+    if args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
+    if failed:
+        sys.exit(f"gpu.py: failed: {', '.join(failed)} (details in {args.out / 'gpu.json'})")
 
 
 if __name__ == "__main__":

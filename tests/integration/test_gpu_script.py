@@ -26,3 +26,16 @@ def test_the_gpu_script_runs_its_two_rounds_on_the_cpu(tmp_path: Path) -> None:
         assert r["seconds"] > 0 and 0 < r["aggregate_share"] < 1
         assert r["tokens_per_second_per_client"] > 0
     assert report["two_rounds"]["final"]["unseen_loss"] > 0
+    # OUT holds the report alone: a lent machine sends back only small files
+    assert [p.name for p in tmp_path.iterdir()] == ["gpu.json"]
+
+
+def test_the_gpu_tests_are_found_by_their_marker() -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import gpu
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    files = gpu.gpu_test_files()
+    assert "tests/integration/test_aggregate_cli.py" in files
+    assert all("flower" not in name for name in files)
