@@ -14,8 +14,8 @@
 They run in that order, and OUT/gpu.json is rewritten after each, so a run stopped at
 its time limit keeps every part it finished; the exit status is 1 when a part failed.
 The model and the run go to --work (a temporary folder, removed, by default), so OUT
-holds only the report. The dry run does (c) with tiny shapes on the CPU, so the script
-cannot rot unseen.
+holds only the report. The dry run does (c) with tiny shapes on the CPU, in bfloat16 as
+the real run, so the script cannot rot unseen.
 
 On a lent GPU machine (the device tool; its image has torch, transformers, peft and
 scipy but no rouge-score or nltk, and no network), build their wheels here first into
@@ -76,11 +76,11 @@ def build_model(folder: Path, *, dry_run: bool) -> Path:
         **shapes,
     )
     torch.manual_seed(0)  # a fixed random model: the benchmark times, it does not learn
-    dtype = torch.float32 if dry_run else torch.bfloat16
     # Drawn on the GPU: 1.3B float32 weights take a minute or more to draw on a CPU.
     with torch.device("cpu" if dry_run else "cuda"):
         model = LlamaForCausalLM(config)
-    torch.nn.Module.to(model, dtype)  # (transformers' own `to` is typed for its decorator)
+    # bfloat16 in the dry run too, so that the CPU check takes the GPU run's dtype path.
+    torch.nn.Module.to(model, torch.bfloat16)  # (transformers' `to` is typed for its decorator)
     model.save_pretrained(folder)
     del model
     tokenizer.save_pretrained(folder)
@@ -97,7 +97,7 @@ def two_rounds(model: Path, out: Path, *, dry_run: bool) -> dict[str, Any]:
         None,
         [
             f"model.path={model}",
-            f"model.dtype={'float32' if dry_run else 'bfloat16'}",
+            "model.dtype=bfloat16",
             f"model.device={'cpu' if dry_run else 'cuda'}",
             "model.target_modules=[q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]",
             "data.synthetic={suite: families, num_clients: 24, train_per_client: 16, "
