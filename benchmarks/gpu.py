@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -208,7 +209,8 @@ def main() -> None:
         try:
             report[name] = action()
         except Exception as error:  # a benchmark: record the failure, go on to the next part
-            report[name] = {"error": f"{type(error).__name__}: {error}"}
+            trace = traceback.format_exc().strip().splitlines()[-15:]
+            report[name] = {"error": f"{type(error).__name__}: {error}", "traceback": trace}
             failed.append(name)
         else:
             if isinstance(report[name], dict) and report[name].get("rc", 0) != 0:
@@ -222,8 +224,12 @@ def main() -> None:
         step("gpu_tests", lambda: within_budget(tests, 150))
     # The two rounds come before the aggregation benchmark: they are the figure no other
     # part gives, so a run that meets its time limit should have them.
-    model = build_model(work / "model", dry_run=args.dry_run)
-    step("two_rounds", lambda: two_rounds(model, work, dry_run=args.dry_run))
+    step(
+        "two_rounds",
+        lambda: two_rounds(
+            build_model(work / "model", dry_run=args.dry_run), work, dry_run=args.dry_run
+        ),
+    )
     if not args.dry_run:
         aggregation = [python, "benchmarks/aggregation.py", "--case", "a", "b", "--layers", "1"]
         aggregation += ["--b-layers", "1", "--repeat", "1", "--no-memory", "--device"]
