@@ -108,3 +108,21 @@ def without_timings(value: Any) -> Any:
     if isinstance(value, list):
         return [without_timings(v) for v in value]
     return value
+
+
+def force_eos_row_by_row(model: Any, eos_token_id: int) -> tuple[list[int], Any]:
+    """Make row c of a batch answer c tokens, through the output layer: at its c-th call
+    (c = 0 the prefill) row c's EOS logit goes above every other. Greedy decoding calls
+    the output layer once a step, so any two decoders see the same forcing. Returns the
+    calls so far (clear it between decoders) and the hook's handle (remove it after)."""
+    calls: list[int] = []
+
+    def force_eos(module: Any, args: Any, output: torch.Tensor) -> torch.Tensor:
+        c = len(calls)
+        calls.append(c)
+        if c < output.shape[0]:
+            output = output.clone()
+            output[c, -1, eos_token_id] = output[c, -1].max() + 100.0  # (B, T, V): row c, last
+        return output
+
+    return calls, model.lm_head.register_forward_hook(force_eos)

@@ -19,7 +19,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from engine_fixtures import make_tiny_model
+from engine_fixtures import force_eos_row_by_row, make_tiny_model
 from flexlora.aggregation import TargetSpec, get_aggregation
 from flexlora.config import DataConfig
 from flexlora.data.synthetic import build_synthetic_suite
@@ -123,21 +123,10 @@ def test_greedy_decoding_on_the_device_equals_generate_and_stops_early(
     assert lean == hf
     assert any(len(row) == 8 for row in lean)
 
-    # Force an EOS through the output layer: at its c-th call (c = 0 the prefill) row c's
-    # EOS logit goes above every other, so rows 0, 1, 2 answer 0, 1, 2 tokens and every
-    # row has finished after the 3rd forward.
+    # Rows 0, 1, 2 answer 0, 1, 2 tokens (EOS forced through the output layer at its
+    # c-th call): every row has finished after the 3rd forward.
     eos = int(tok.eos_token_id)
-    calls: list[int] = []
-
-    def force_eos(module: Any, args: Any, output: torch.Tensor) -> torch.Tensor:
-        c = len(calls)
-        calls.append(c)
-        if c < output.shape[0]:
-            output = output.clone()
-            output[c, -1, eos] = output[c, -1].max() + 100.0  # (B, T, V): row c, last position
-        return output
-
-    handle = model.lm_head.register_forward_hook(force_eos)
+    calls, handle = force_eos_row_by_row(model, eos)
     try:
         with torch.inference_mode():
             forced = generate_batch(model, prompts[:3], eos_token_id=eos, **kwargs)

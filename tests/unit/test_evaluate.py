@@ -27,7 +27,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from engine_fixtures import make_tiny_model
+from engine_fixtures import force_eos_row_by_row, make_tiny_model
 from flexlora.config import DataConfig, EvalConfig
 from flexlora.data.synthetic import build_synthetic_suite
 from flexlora.data.templates import format_prompt
@@ -471,21 +471,9 @@ def test_generate_batch_without_padding_and_pad_equal_to_eos(
 def test_generate_batch_stops_when_every_row_has_finished(
     float32_model: Any, tokenizer: PreTrainedTokenizerFast
 ) -> None:
-    # Force EOS through the output layer: at its c-th call (c = 0 the prefill) row c's EOS
-    # logit is raised above every other, so row c answers c tokens. Both paths call the
-    # output layer once a step, so they see the same forcing.
+    # Row c answers c tokens (EOS forced through the output layer at its c-th call).
     prompts = [tokenizer(t)["input_ids"] for t in GEN_TEXTS[:3]]
-    calls: list[int] = []
-
-    def force_eos(module: Any, args: Any, output: torch.Tensor) -> torch.Tensor:
-        c = len(calls)
-        calls.append(c)
-        if c < output.shape[0]:
-            output = output.clone()
-            output[c, -1, EOS] = output[c, -1].max() + 100.0  # (B, T, V): row c, last position
-        return output
-
-    handle = float32_model.lm_head.register_forward_hook(force_eos)
+    calls, handle = force_eos_row_by_row(float32_model, EOS)
     kwargs = {"pad_token_id": PAD, "eos_token_id": EOS, "max_new_tokens": 12, "device": "cpu"}
     try:
         with torch.inference_mode():
