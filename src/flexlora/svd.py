@@ -269,10 +269,11 @@ def dense_product(B: Tensor, A: Tensor) -> Tensor:
     There the (5504, 3482) @ (3482, 2048) product took 0.52 s through oneDNN
     (conversions included) against 0.85 s through torch.matmul, one thread. Both sum
     in float32, each in its own order: they agree to float32 rounding, not bit for bit.
-    Other devices, dtypes, small products and torch builds without oneDNN:
-    torch.matmul. The conversions copy B, A and dW once each (transient memory). Only
-    that AMD CPU was measured: where MKL already runs AVX-512 (Intel CPUs), expect no
-    gain, and the copies may cost a few percent.
+    Other devices, dtypes, small products, torch builds without oneDNN and oneDNN
+    switched off (`torch.backends.mkldnn.flags(enabled=False)`): torch.matmul. The
+    conversions copy B, A and dW once each (transient memory). Only that AMD CPU was
+    measured: where MKL already runs AVX-512 (Intel CPUs), expect no gain, and the
+    copies may cost a few percent.
     """
     _check_factor_pair(B, A)
     out, rank, inn = int(B.shape[0]), int(B.shape[1]), int(A.shape[1])
@@ -282,6 +283,7 @@ def dense_product(B: Tensor, A: Tensor) -> Tensor:
         and B.dtype == A.dtype == torch.float32
         and out * rank * inn >= ONEDNN_MIN_MACS
         and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled  # a user who switched oneDNN off keeps it off
     ):
         # oneDNN's inner product is linear(x, w) = x wᵀ: x = B (out, R), w = Aᵀ (in, R).
         product = torch.ops.aten.mkldnn_linear(B.to_mkldnn(), A.mT.contiguous().to_mkldnn())

@@ -378,7 +378,10 @@ def test_dense_product_keeps_torch_matmul_for_small_float64_and_without_onednn(
     B32, A32 = B.float(), A.float()
     assert torch.equal(dense_product(B32, A32), B32 @ A32)  # below ONEDNN_MIN_MACS
     big_B, big_A = (t.float() for t in _factors(300, 280, 260, seed=42))
-    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)  # switched off by the user
+    assert torch.equal(dense_product(big_B, big_A), big_B @ big_A)
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", True)
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)  # not built in
     assert torch.equal(dense_product(big_B, big_A), big_B @ big_A)
     assert calls == []
     with pytest.raises(FlexLoraError, match="expected factors"):
