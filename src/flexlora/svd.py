@@ -266,8 +266,9 @@ def dense_product(B: Tensor, A: Tensor) -> Tensor:
 
     torch's CPU matmul calls MKL, which ran AVX2 kernels on the AVX-512 AMD EPYC of
     docs/benchmarks; oneDNN, also inside torch, picks its kernels by instruction set.
-    There the (5504, 3482) @ (3482, 2048) product took 0.52 s through oneDNN
-    (conversions included) against 0.85 s through torch.matmul, one thread. Both sum
+    There the (5504, 3482) @ (3482, 2048) product took 0.52-0.56 s through oneDNN
+    (conversions included) against 0.85-0.93 s through torch.matmul, one thread
+    (benchmarks/dense_product.py). Both sum
     in float32, each in its own order: they agree to float32 rounding, not bit for bit.
     Other devices, dtypes, small products, torch builds without oneDNN and oneDNN
     switched off (`torch.backends.mkldnn.flags(enabled=False)`): torch.matmul. The
