@@ -120,13 +120,13 @@ def dense_topk_svd(
     k = min(k, n_min)
     sketch = k + oversample
     if mode == "exact" or sketch >= n_min:
-        return gram_topk_svd(M, k)
+        return gram_topk_svd(M, k)[:3]
     if mode != "fast":
         raise FlexLoraError(f"unknown SVD mode {mode!r}; expected 'exact' or 'fast'")
     return _randomized_svd(M, k, sketch, power_iters, generator)
 
 
-def gram_topk_svd(M: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+def gram_topk_svd(M: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor, float]:
     """Exact top-k singular triplets of a dense M (out, in) without an out × in SVD.
 
     With n = min(out, in), take the Gram matrix of the smaller side, G = M Mᵀ = U Σ² Uᵀ
@@ -147,9 +147,15 @@ def gram_topk_svd(M: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     component by at most 2σ_i ≤ 2e-7 σ_1: below 1e-5 of the truncation's norm (≥ σ_1)
     while fewer than 2,500 of them. σ_i = ‖W_i‖ rather than √λ_i, which is accurate to
     about eps·σ_1 rather than eps·σ_1²/σ_i.
+    The other side W needs no float64: it enters the result linearly (X Wᵀ), so a
+    float32 M, whose own entries carry float32 rounding, gets W in float32 (X rounded
+    to float32, one `linear_product`, 3-4 times faster than float64 at 1.3B shapes): an
+    error of about eps₃₂ · ‖M‖ per column, float32 rounding of the result (errors of
+    ~4e-7 relative to a float64 truncation in the tests). Other dtypes: float64.
     A zero σ_i (W_i = 0) gets a zero singular vector: its component is zero anyway.
 
-    Returns U (out, k'), S (k',), Vh (k', in) in M's dtype, k' = min(k, out, in).
+    Returns U (out, k'), S (k',), Vh (k', in) in M's dtype, k' = min(k, out, in), and
+    ‖M‖_F² in float64: the Gram's trace, free where a separate pass over M is not.
     """
     if M.ndim != 2:
         raise FlexLoraError(f"gram_topk_svd needs a 2-D matrix, got shape {tuple(M.shape)}")
@@ -159,16 +165,21 @@ def gram_topk_svd(M: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     side = M if wide else M.mT  # (n, m), m = max(out, in): G = side @ sideᵀ
     # The eigensolver reads the lower triangle only, so only that half is computed.
     G = lower_gram(side, chunk=CAST_CHUNK)  # (n, n) float64: U Σ² Uᵀ (wide), V Σ² Vᵀ (tall)
+    total_energy = float(G.diagonal().sum())  # read before the eigensolver overwrites G
     X = top_eigenvectors(G, k)  # (n, k), eigenvalues descending
     # wide: Mᵀ X = V_k Σ_k (in, k); tall: M X = U_k Σ_k (out, k); both are sideᵀ X
-    W = _transposed_product_f64(side, X, CAST_CHUNK)  # (m, n) @ (n, k) -> (m, k)
+    if side.dtype == torch.float32:
+        # Xᵀ side (k, n) @ (n, m) -> (k, m), read as its transpose (m, k)
+        W = linear_product(X.to(torch.float32).mT, side.mT).mT
+    else:
+        W = _transposed_product_f64(side, X, CAST_CHUNK)  # (m, n) @ (n, k) -> (m, k)
     S = torch.linalg.vector_norm(W, dim=0)  # (k,)
     # Rounding can swap nearly equal σ_i; sort so that S descends as promised.
     S, order = torch.sort(S, descending=True, stable=True)
     X, W = X[:, order], W[:, order]
     other = W / torch.where(S > 0, S, torch.ones_like(S))  # (·, k) / (k,): unit or zero columns
     U, V = (X, other) if wide else (other, X)
-    return U.to(M.dtype), S.to(M.dtype), V.mT.to(M.dtype)
+    return U.to(M.dtype), S.to(M.dtype), V.mT.to(M.dtype), total_energy
 
 
 # Below this size torch's full eigh takes milliseconds (n = 256: 5.5 ms against the
@@ -256,40 +267,52 @@ def _transposed_product_f64(X: Tensor, Y: Tensor, chunk: int = CAST_CHUNK) -> Te
     return torch.cat(columns, dim=1).mT  # (k, m) -> (m, k)
 
 
-# Below about 256³ multiply-adds the conversions to oneDNN's tensors cost more than its
-# kernels save (64³: 0.05 ms against torch's 0.01 ms; 256³: 0.25 against 0.34 ms).
+# Below about 128³ multiply-adds oneDNN's per-call cost outweighs its faster kernels
+# (one thread, 64³: 0.022 ms against torch.matmul's 0.009 ms; 128³: 0.042 against
+# 0.051 ms; 256³: 0.19 against 0.40 ms); the threshold keeps a margin above that.
 ONEDNN_MIN_MACS = 256**3
 
 
 def dense_product(B: Tensor, A: Tensor) -> Tensor:
     """dW = B @ A for B (out, R) and A (R, in), through oneDNN for large float32 CPU products.
 
-    torch's CPU matmul calls MKL, which ran AVX2 kernels on the AVX-512 AMD EPYC of
-    docs/benchmarks; oneDNN, also inside torch, picks its kernels by instruction set.
-    There the (5504, 3482) @ (3482, 2048) product took 0.52-0.56 s through oneDNN
-    (conversions included) against 0.85-0.93 s through torch.matmul, one thread
-    (benchmarks/dense_product.py). Both sum
-    in float32, each in its own order: they agree to float32 rounding, not bit for bit.
-    Other devices, dtypes, small products, torch builds without oneDNN and oneDNN
-    switched off (`torch.backends.mkldnn.flags(enabled=False)`): torch.matmul. The
-    conversions copy B, A and dW once each (transient memory). Only that AMD CPU was
-    measured: where MKL already runs AVX-512 (Intel CPUs), expect no gain, and the
-    copies may cost a few percent.
+    See `linear_product`: there the (5504, 3482) @ (3482, 2048) product took 0.45 s
+    against 0.85-0.93 s through torch.matmul, one thread (benchmarks/dense_product.py).
     """
     _check_factor_pair(B, A)
-    out, rank, inn = int(B.shape[0]), int(B.shape[1]), int(A.shape[1])
+    return linear_product(B, A.mT)  # (out, R) @ (in, R)ᵀ -> (out, in)
+
+
+def linear_product(x: Tensor, w: Tensor) -> Tensor:
+    """x @ wᵀ for x (a, b) and w (c, b): oneDNN's inner product when both are large
+    float32 CPU matrices, torch.matmul otherwise.
+
+    torch's CPU matmul calls MKL, which ran AVX2 kernels on the AVX-512 AMD EPYC of
+    docs/benchmarks; oneDNN, also inside torch, picks its kernels by instruction set
+    and reads strided (e.g. transposed) operands without copying them. Both sum in
+    float32, each in its own order: they agree to float32 rounding, not bit for bit.
+    Other devices, dtypes, products under `ONEDNN_MIN_MACS`, torch builds without oneDNN
+    and oneDNN switched off (`torch.backends.mkldnn.flags(enabled=False)`): torch.matmul.
+    Only that AMD CPU was measured: where MKL already runs AVX-512 (Intel CPUs), expect
+    little gain.
+    """
+    rows, inner, cols = int(x.shape[0]), int(x.shape[1]), int(w.shape[0])
     if (
-        B.device.type == "cpu"
-        and A.device.type == "cpu"
-        and B.dtype == A.dtype == torch.float32
-        and out * rank * inn >= ONEDNN_MIN_MACS
+        x.device.type == "cpu"
+        and w.device.type == "cpu"
+        and x.dtype == w.dtype == torch.float32
+        and rows * inner * cols >= ONEDNN_MIN_MACS
         and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled  # a user who switched oneDNN off keeps it off
     ):
-        # oneDNN's inner product is linear(x, w) = x wᵀ: x = B (out, R), w = Aᵀ (in, R).
-        product = torch.ops.aten.mkldnn_linear(B.to_mkldnn(), A.mT.contiguous().to_mkldnn())
-        return product.to_dense()  # (out, in)
-    return B @ A  # (out, R) @ (R, in) -> (out, in)
+        return _onednn_inner_product(x, w)  # (a, b), (c, b) -> (a, c)
+    return x @ w.mT  # (a, b) @ (b, c) -> (a, c)
+
+
+def _onednn_inner_product(x: Tensor, w: Tensor) -> Tensor:
+    """x @ wᵀ by oneDNN, on ordinary (strided) tensors: no conversion to its layout."""
+    # The fused linear that torch.compile emits for CPU; "none": no activation after it.
+    return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
 
 
 def triplet_residual(M: Tensor, U: Tensor, S: Tensor, Vh: Tensor) -> float:
@@ -373,10 +396,17 @@ def truncated_svd_of_product(
         total = float(S.double().square().sum())
         return U[:, :k], S[:k], Vh[:k], SvdInfo(path, stacked_rank, total)
     dense = dense_product(B, A)  # (out, R) @ (R, in) -> (out, in)
-    total = float(torch.linalg.vector_norm(dense, dtype=torch.float64) ** 2)
-    dense_mode: Literal["exact", "fast"] = "fast" if path == "dense_fast" else "exact"
-    U, S, Vh = dense_topk_svd(dense, k, dense_mode, generator, oversample, power_iters)
+    if path == "dense_exact":
+        U, S, Vh, total = gram_topk_svd(dense, k)
+    else:
+        total = squared_norm(dense)
+        U, S, Vh = dense_topk_svd(dense, k, "fast", generator, oversample, power_iters)
     return U, S, Vh, SvdInfo(path, stacked_rank, total)
+
+
+def squared_norm(M: Tensor) -> float:
+    """‖M‖_F², accumulated in float64."""
+    return float(torch.linalg.vector_norm(M, dtype=torch.float64) ** 2)
 
 
 def numerical_rank(singular_values: Tensor, shape: tuple[int, int]) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import flexlora.svd
 from flexlora.errors import FlexLoraError
 from flexlora.svd import (
     ONEDNN_MIN_MACS,
@@ -223,8 +224,8 @@ def test_gram_topk_matches_float64_truncation(shape: tuple[int, int], k: int) ->
     # Prepare: wide (Gram M Mᵀ) and tall (Gram Mᵀ M) matrices with a gapped spectrum
     M = _with_spectrum(*shape, GAPPED, seed=20)
     # Execute: from float64 and from float32 input (the aggregation's default dtype)
-    U, S, Vh = gram_topk_svd(M, k)
-    U32, S32, Vh32 = gram_topk_svd(M.float(), k)
+    U, S, Vh, total = gram_topk_svd(M, k)
+    U32, S32, Vh32, total32 = gram_topk_svd(M.float(), k)
     # Assert
     exact = _truncation(M, k)
     assert U.shape == (shape[0], k) and S.shape == (k,) and Vh.shape == (k, shape[1])
@@ -238,6 +239,9 @@ def test_gram_topk_matches_float64_truncation(shape: tuple[int, int], k: int) ->
     torch.testing.assert_close(other_side, eye, rtol=0, atol=1e-7)
     assert S32.dtype == torch.float32
     assert _relative((U32 * S32) @ Vh32, exact) < 1e-5
+    # ‖M‖_F² from the Gram's trace: Σ σ_i² of the whole spectrum, whatever k
+    assert total == pytest.approx(float(GAPPED.square().sum()), rel=1e-12)
+    assert total32 == pytest.approx(float(M.float().double().square().sum()), rel=1e-12)
 
 
 def test_float32_gram_would_not_be_accurate_enough() -> None:
@@ -254,7 +258,7 @@ def test_gram_topk_keeps_tiny_and_handles_zero_singular_values() -> None:
     sigma = torch.tensor([1.0, 0.5, 1e-3, 1e-6, 1e-9], dtype=torch.float64)
     M = _with_spectrum(40, 30, sigma, seed=21)
     # Execute
-    U, S, Vh = gram_topk_svd(M, 12)
+    U, S, Vh, _ = gram_topk_svd(M, 12)
     # Assert: finite; σ down to 1e-6 resolved; the 1e-9 one is below the Gram's
     # resolution (~n · eps · σ_1 ≈ 1e-8), so it may be lost, but by no more than itself
     assert bool(torch.isfinite(U).all() and torch.isfinite(Vh).all())
@@ -268,7 +272,7 @@ def test_gram_topk_with_a_tie_at_the_cut_captures_the_optimal_energy() -> None:
     sigma = torch.tensor([4.0, 3.0, 2.0, 1.0, 1.0, 0.5, 0.25], dtype=torch.float64)
     M = _with_spectrum(30, 24, sigma, seed=22)
     # Execute
-    U, S, Vh = gram_topk_svd(M, 4)
+    U, S, Vh, _ = gram_topk_svd(M, 4)
     approx = (U * S) @ Vh
     # Assert: a rank-4 matrix whose error is Eckart–Young's optimum Σ_{i>4} σ_i²
     optimum = float(sigma[4:].square().sum())
@@ -321,30 +325,30 @@ def test_gram_topk_casts_in_chunks_without_changing_the_result(
     # The chunked float64 products are the same products: results agree to rounding
     M = _with_spectrum(70, 40, GAPPED[:40], seed=26).float()
     monkeypatch.setattr("flexlora.svd.CAST_CHUNK", chunk)
-    U, S, Vh = gram_topk_svd(M, 10)
+    U, S, Vh, _ = gram_topk_svd(M, 10)
     monkeypatch.undo()
-    U0, S0, Vh0 = gram_topk_svd(M, 10)
+    U0, S0, Vh0, _ = gram_topk_svd(M, 10)
     torch.testing.assert_close((U * S) @ Vh, (U0 * S0) @ Vh0, rtol=0, atol=1e-6)
     assert _relative((U * S) @ Vh, _truncation(M.double(), 10)) < 1e-6
 
 
 def test_gram_topk_of_a_zero_matrix_is_zero_and_finite() -> None:
-    U, S, Vh = gram_topk_svd(torch.zeros(12, 9, dtype=torch.float64), 4)
+    U, S, Vh, _ = gram_topk_svd(torch.zeros(12, 9, dtype=torch.float64), 4)
     assert float(S.abs().max()) == 0.0
     assert bool(torch.isfinite(U).all() and torch.isfinite(Vh).all())
     assert float(((U * S) @ Vh).abs().max()) == 0.0
 
 
-def _count_onednn_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Patch Tensor.to_mkldnn to count conversions: one per factor on oneDNN's path."""
-    calls: list[int] = []
-    original = torch.Tensor.to_mkldnn
+def _count_onednn_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
+    """Spy on flexlora's call into oneDNN: the shapes of x @ wᵀ, one entry per call."""
+    calls: list[tuple[int, ...]] = []
+    original = flexlora.svd._onednn_inner_product
 
-    def counting(self: torch.Tensor) -> torch.Tensor:
-        calls.append(1)
-        return original(self)
+    def counting(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        calls.append((*x.shape, int(w.shape[0])))
+        return original(x, w)
 
-    monkeypatch.setattr(torch.Tensor, "to_mkldnn", counting)
+    monkeypatch.setattr(flexlora.svd, "_onednn_inner_product", counting)
     return calls
 
 
@@ -356,7 +360,7 @@ def test_dense_product_of_large_float32_factors_goes_through_onednn_and_is_accur
     assert ONEDNN_MIN_MACS <= 300 * 280 * 260
     calls = _count_onednn_calls(monkeypatch)
     got = dense_product(B, A)
-    assert len(calls) == 2
+    assert calls == [(300, 280, 260)]
     assert got.dtype == torch.float32 and got.shape == (300, 260) and got.layout == torch.strided
     exact = B.double() @ A.double()
     assert _relative(got, exact) < 1e-6
@@ -367,6 +371,26 @@ def test_dense_product_of_large_float32_factors_goes_through_onednn_and_is_accur
     A_t = A.mT.contiguous().mT
     assert not strided_B.is_contiguous() and not A_t.is_contiguous()
     assert _relative(dense_product(strided_B, A_t), exact) < 1e-6
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+def test_gram_topk_of_large_float32_takes_the_other_side_from_onednn(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Prepare: float32 matrices, wide and tall, whose other-side GEMM (k·n·m) is large;
+    # the spectrum spans 1 to 4e-3 (gapped), so recipients keep small components
+    spectrum = 0.9 ** torch.arange(52, dtype=torch.float64)
+    for shape in [(520, 700), (700, 520)]:
+        M = _with_spectrum(*shape, spectrum, seed=27)
+        calls = _count_onednn_calls(monkeypatch)
+        # Execute
+        U, S, Vh, _ = gram_topk_svd(M.float(), 50)
+        # Assert: one oneDNN product, Xᵀ (k, n) against the larger side (m, n)
+        assert calls == [(50, 520, 700)]
+        assert U.dtype == S.dtype == Vh.dtype == torch.float32
+        assert _relative((U * S) @ Vh, _truncation(M, 50)) < 1e-5
+        torch.testing.assert_close(S.double(), spectrum[:50], rtol=1e-5, atol=0)
+        monkeypatch.undo()
 
 
 def test_dense_product_keeps_torch_matmul_for_small_float64_and_without_onednn(

@@ -67,6 +67,7 @@ from flexlora.svd import (
     dense_topk_svd,
     factored_svd,
     gram_topk_svd,
+    squared_norm,
     triplet_residual,
 )
 
@@ -201,11 +202,11 @@ def _decompose(
         global_B = U * S  # (out, R) · (R,) -> (out, R)
         return _ModuleSvd(U[:, :r_max], S[:r_max], Vh[:r_max], total, global_B, Vh, S, path)
     dense = dense_product(Bc, Ac)  # (out, R) @ (R, in) -> (out, in)
-    total = float(torch.linalg.vector_norm(dense, dtype=torch.float64) ** 2)
     # On both dense paths the global update is the stacked factors: exactly dW, for free.
     if path == "dense_exact":
-        U, S, Vh = gram_topk_svd(dense, r_max)  # (out, k), (k,), (k, in)
+        U, S, Vh, total = gram_topk_svd(dense, r_max)  # (out, k), (k,), (k, in), ‖dW‖²
         return _ModuleSvd(U, S, Vh, total, Bc, Ac, S, path)
+    total = squared_norm(dense)
     generator = torch.Generator(device=dense.device)
     # Per-module seed: the same sketch for a module whatever the module order.
     generator.manual_seed(stable_seed("flexlora-sketch", opts.seed, module))
