@@ -28,7 +28,7 @@ torch.cuda.max_memory_allocated for ours.
 
 What docs/benchmarks/aggregation.md reports (about 10 + 5 minutes on a 2-core CPU):
     .venv/bin/python benchmarks/aggregation.py --case a --layers 32 --ref-modules 1 --repeat 3
-    .venv/bin/python benchmarks/aggregation.py --case b --threads 1 --repeat 1
+    .venv/bin/python benchmarks/aggregation.py --case b --threads 1 --repeat 3
 """
 
 from __future__ import annotations

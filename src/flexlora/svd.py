@@ -149,9 +149,11 @@ def gram_topk_svd(M: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor, float]:
     about eps·σ_1 rather than eps·σ_1²/σ_i.
     The other side W needs no float64: it enters the result linearly (X Wᵀ), so a
     float32 M, whose own entries carry float32 rounding, gets W in float32 (X rounded
-    to float32, one `linear_product`, 3-4 times faster than float64 at 1.3B shapes): an
-    error of about eps₃₂ · ‖M‖ per column, float32 rounding of the result (errors of
-    ~4e-7 relative to a float64 truncation in the tests). Other dtypes: float64.
+    to float32, one `linear_product`: 0.03 s against 0.12-0.14 s in float64 for a
+    5504 × 2048 M and k = 200, one thread). Its error, about eps₃₂ · ‖M‖ per column, is
+    float32 rounding of the result: ~4e-7 relative to a float64 truncation in the tests,
+    5.7e-7 at worst at 1.3B shapes (docs/benchmarks/aggregation.md). Other dtypes:
+    float64.
     A zero σ_i (W_i = 0) gets a zero singular vector: its component is zero anyway.
 
     Returns U (out, k'), S (k',), Vh (k', in) in M's dtype, k' = min(k, out, in), and
@@ -276,8 +278,8 @@ ONEDNN_MIN_MACS = 256**3
 def dense_product(B: Tensor, A: Tensor) -> Tensor:
     """dW = B @ A for B (out, R) and A (R, in), through oneDNN for large float32 CPU products.
 
-    See `linear_product`: there the (5504, 3482) @ (3482, 2048) product took 0.45 s
-    against 0.85-0.93 s through torch.matmul, one thread (benchmarks/dense_product.py).
+    See `linear_product`: there the (5504, 3482) @ (3482, 2048) product took 0.51 s
+    against 0.92 s through torch.matmul, one thread (benchmarks/dense_product.py).
     """
     _check_factor_pair(B, A)
     return linear_product(B, A.mT)  # (out, R) @ (in, R)ᵀ -> (out, in)
