@@ -26,7 +26,7 @@ measurement runs both on the same `--ref-modules` largest modules. (ru_maxrss wo
 the parent's peak into the child across fork + exec.) On CUDA,
 torch.cuda.max_memory_allocated for ours.
 
-What docs/benchmarks/aggregation.md reports (about 10 + 5 minutes on a 2-core CPU):
+What docs/benchmarks/aggregation.md reports (about 10 + 8 minutes on a 2-core CPU):
     .venv/bin/python benchmarks/aggregation.py --case a --layers 32 --ref-modules 1 --repeat 3
     .venv/bin/python benchmarks/aggregation.py --case b --threads 1 --repeat 3
 """

@@ -296,7 +296,8 @@ def linear_product(x: Tensor, w: Tensor) -> Tensor:
     Other devices, dtypes, products under `ONEDNN_MIN_MACS`, torch builds without oneDNN
     and oneDNN switched off (`torch.backends.mkldnn.flags(enabled=False)`): torch.matmul.
     Only that AMD CPU was measured: where MKL already runs AVX-512 (Intel CPUs), expect
-    little gain.
+    little gain. On CUDA, torch's float32 matmul settings apply (TF32 where the user
+    allowed it), as for any float32 product there.
     """
     rows, inner, cols = int(x.shape[0]), int(x.shape[1]), int(w.shape[0])
     if (
