@@ -307,6 +307,7 @@ def linear_product(x: Tensor, w: Tensor) -> Tensor:
         and rows * inner * cols >= ONEDNN_MIN_MACS
         and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled  # a user who switched oneDNN off keeps it off
+        and _onednn_works()
     ):
         return _onednn_inner_product(x, w)  # (a, b), (c, b) -> (a, c)
     return x @ w.mT  # (a, b) @ (b, c) -> (a, c)
@@ -316,6 +317,27 @@ def _onednn_inner_product(x: Tensor, w: Tensor) -> Tensor:
     """x @ wᵀ by oneDNN, on ordinary (strided) tensors: no conversion to its layout."""
     # The fused linear that torch.compile emits for CPU; "none": no activation after it.
     return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+
+
+@functools.cache
+def _onednn_works() -> bool:
+    """Whether `_onednn_inner_product` runs and is right here, probed once per process.
+
+    It calls a private torch op (present with this signature since torch 2.0): should a
+    release rename or change it, flexlora logs why and keeps torch.matmul instead of
+    failing. The probe's small integers are exact in float32, so the answers must agree
+    bit for bit.
+    """
+    x = torch.arange(6, dtype=torch.float32).reshape(2, 3)  # (2, 3)
+    w = torch.arange(12, dtype=torch.float32).reshape(4, 3)  # (4, 3)
+    try:
+        agrees = torch.equal(_onednn_inner_product(x, w), x @ w.mT)  # (2, 4)
+    except (AttributeError, RuntimeError, TypeError) as error:
+        logger.warning("oneDNN's inner product failed (%s): using torch.matmul", error)
+        return False
+    if not agrees:
+        logger.warning("oneDNN's inner product gave a wrong answer: using torch.matmul")
+    return agrees
 
 
 def triplet_residual(M: Tensor, U: Tensor, S: Tensor, Vh: Tensor) -> float:

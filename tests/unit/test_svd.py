@@ -343,6 +343,7 @@ def _count_onednn_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]
     """Spy on flexlora's call into oneDNN: the shapes of x @ wᵀ, one entry per call."""
     calls: list[tuple[int, ...]] = []
     original = flexlora.svd._onednn_inner_product
+    flexlora.svd._onednn_works()  # the once-per-process probe runs now, unseen by the spy
 
     def counting(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         calls.append((*x.shape, int(w.shape[0])))
@@ -391,6 +392,31 @@ def test_gram_topk_of_large_float32_takes_the_other_side_from_onednn(
         assert _relative((U * S) @ Vh, _truncation(M, 50)) < 1e-5
         torch.testing.assert_close(S.double(), spectrum[:50], rtol=1e-5, atol=0)
         monkeypatch.undo()
+
+
+@pytest.mark.parametrize("broken", ["raises", "wrong"])
+def test_linear_product_keeps_torch_matmul_when_onednn_does_not_work(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, broken: str
+) -> None:
+    # Prepare: the private oneDNN op as a future torch might break it
+    def replacement(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        if broken == "raises":
+            raise RuntimeError("mkldnn::_linear_pointwise() expected 7 arguments")
+        return torch.zeros(int(x.shape[0]), int(w.shape[0]))
+
+    monkeypatch.setattr(flexlora.svd, "_onednn_inner_product", replacement)
+    flexlora.svd._onednn_works.cache_clear()
+    x, w = (t.float() for t in _factors(300, 280, 260, seed=43))
+    try:
+        # Execute
+        with caplog.at_level("WARNING", logger="flexlora.svd"):
+            got = flexlora.svd.linear_product(x, w.mT)
+            again = flexlora.svd.linear_product(x, w.mT)
+    finally:
+        flexlora.svd._onednn_works.cache_clear()  # later tests probe the real op
+    # Assert: torch.matmul's answer, and one warning (the probe runs once)
+    assert torch.equal(got, x @ w) and torch.equal(again, x @ w)
+    assert len(caplog.records) == 1 and "using torch.matmul" in caplog.records[0].message
 
 
 def test_dense_product_keeps_torch_matmul_for_small_float64_and_without_onednn(
