@@ -294,7 +294,8 @@ def linear_product(x: Tensor, w: Tensor) -> Tensor:
     and reads strided (e.g. transposed) operands without copying them. Both sum in
     float32, each in its own order: they agree to float32 rounding, not bit for bit.
     Other devices, dtypes, products under `ONEDNN_MIN_MACS`, torch builds without oneDNN
-    and oneDNN switched off (`torch.backends.mkldnn.flags(enabled=False)`): torch.matmul.
+    or whose oneDNN op fails its probe (`_onednn_works`), and oneDNN switched off
+    (`torch.backends.mkldnn.flags(enabled=False)`): torch.matmul.
     Only that AMD CPU was measured: where MKL already runs AVX-512 (Intel CPUs), expect
     little gain. On CUDA, torch's float32 matmul settings apply (TF32 where the user
     allowed it), as for any float32 product there.
