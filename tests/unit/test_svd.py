@@ -394,6 +394,7 @@ def test_gram_topk_of_large_float32_takes_the_other_side_from_onednn(
         monkeypatch.undo()
 
 
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
 @pytest.mark.parametrize("broken", ["raises", "wrong"])
 def test_linear_product_keeps_torch_matmul_when_onednn_does_not_work(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, broken: str
